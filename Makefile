@@ -1,0 +1,35 @@
+# Two commands: `make run` (the study on the embedded default data) and `make test`.
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+# The install is skipped while pyproject.toml is unchanged: the stamp is keyed on its hash.
+STAMP := $(VENV)/.installed-$(shell sha256sum pyproject.toml | cut -c1-16)
+
+.PHONY: run test lint format clean
+.DEFAULT_GOAL := run
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet -e '.[dev]'
+	# animal-mnist ships the embedded default data; --no-deps because it declares tensorflow,
+	# which excon never imports (we read the package's data files directly).
+	$(PY) -m pip install --quiet --no-deps animal-mnist==0.4
+	@rm -f $(VENV)/.installed-*
+	@touch $@
+
+run: $(STAMP)
+	$(VENV)/bin/excon study --methods ce supcon
+
+test: $(STAMP) lint
+	$(PY) -m pytest
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check excon tests
+	$(VENV)/bin/ruff format --check excon tests
+
+format: $(STAMP)
+	$(VENV)/bin/ruff format excon tests
+	$(VENV)/bin/ruff check --fix excon tests
+
+clean:
+	rm -rf runs data/prepared

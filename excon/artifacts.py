@@ -1,0 +1,94 @@
+"""Atomic artifact writing and safe model loading (safetensors, never unpickling)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from excon.models import ExConNet
+
+MODEL_WEIGHTS = "model.safetensors"
+MODEL_META = "model.json"
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temp path next to `path`; rename it over `path` only if the block succeeds, so a
+    reader never sees a half-written file and a crash leaves the previous version intact."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def write_json(path: str | Path, obj: Any) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+def write_text(path: str | Path, text: str) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+
+
+def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    # weights_only: a checkpoint holds tensors, numbers and strings only; nothing executes.
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def save_model(run_dir: str | Path, model: ExConNet, meta: dict[str, Any]) -> None:
+    """Final weights as safetensors + the metadata needed to rebuild the network."""
+    run_dir = Path(run_dir)
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    with atomic_path(run_dir / MODEL_WEIGHTS) as tmp:
+        save_file(state, str(tmp))
+    write_json(run_dir / MODEL_META, meta)
+
+
+def model_meta(model_cfg: Any, num_classes: int, in_channels: int, data_meta: dict) -> dict:
+    return {
+        "arch": model_cfg.arch,
+        "width": model_cfg.width,
+        "proj_dim": model_cfg.proj_dim,
+        "num_classes": num_classes,
+        "in_channels": in_channels,
+        **data_meta,
+    }
+
+
+def load_model(run_dir: str | Path, device: str | torch.device = "cpu") -> tuple[ExConNet, dict]:
+    """Rebuild a trained network from `model.json` + `model.safetensors`."""
+    run_dir = Path(run_dir)
+    meta_path, weights_path = run_dir / MODEL_META, run_dir / MODEL_WEIGHTS
+    for p in (meta_path, weights_path):
+        if not p.is_file():
+            raise FileNotFoundError(f"{p}: missing; run `excon pretrain` for this run first")
+    meta = json.loads(meta_path.read_text())
+    model = ExConNet(
+        num_classes=meta["num_classes"],
+        arch=meta["arch"],
+        width=meta["width"],
+        in_channels=meta["in_channels"],
+        proj_dim=meta["proj_dim"],
+    )
+    model.load_state_dict(load_file(str(weights_path), device="cpu"))
+    return model.to(device), meta

@@ -1,0 +1,184 @@
+"""`excon <stage>`: the single entry point to every stage of the study."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from excon.config import DATASETS, METHODS, Config, ConfigError, load_config
+
+DEFAULT_PARAMS = "params.yaml"
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--params",
+        default=None,
+        help=f"YAML params file (default: ./{DEFAULT_PARAMS} when present, else built-in defaults)",
+    )
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="override one parameter, e.g. --set train.epochs=10 (repeatable)",
+    )
+
+
+def _config(args: argparse.Namespace, extra: list[str] | None = None) -> Config:
+    params = args.params
+    if params is None and Path(DEFAULT_PARAMS).is_file():
+        params = DEFAULT_PARAMS
+    return load_config(params, [*args.overrides, *(extra or [])])
+
+
+def data_dir(cfg: Config, given: str | None) -> Path:
+    return Path(given) if given else Path(cfg.data.prepared_dir) / cfg.data.dataset
+
+
+def run_dir(cfg: Config, given: str | None) -> Path:
+    return Path(given) if given else Path(cfg.train.runs_dir) / cfg.data.dataset / cfg.method.name
+
+
+def cmd_prepare(args: argparse.Namespace) -> int:
+    from excon.data.prepare import prepare_dataset
+
+    extra = [f"data.dataset={args.dataset}"] if args.dataset else []
+    if args.raw_dir:
+        extra.append(f"data.raw_dir={args.raw_dir}")
+    if args.download:
+        extra.append("data.download=true")
+    cfg = _config(args, extra)
+    out = data_dir(cfg, args.out)
+    d = cfg.data
+    start = time.perf_counter()
+    manifest = prepare_dataset(
+        d.dataset,
+        out,
+        raw_dir=Path(d.raw_dir) if d.raw_dir else None,
+        download=d.download,
+        seed=d.seed,
+        val_fraction=d.val_fraction,
+        test_fraction=d.test_fraction,
+        image_size=d.image_size,
+        limit_per_class=d.limit_per_class,
+    )
+    splits = ", ".join(f"{k} {v}" for k, v in manifest["splits"].items())
+    print(
+        f"prepared {d.dataset} -> {out}: {manifest['num_classes']} classes, {splits} "
+        f"({time.perf_counter() - start:.1f} s)"
+    )
+    return 0
+
+
+def cmd_pretrain(args: argparse.Namespace) -> int:
+    from excon.train import pretrain
+
+    cfg = _config(args, [f"method.name={args.method}"] if args.method else [])
+    out = run_dir(cfg, args.run_dir)
+    summary = pretrain(cfg, data_dir(cfg, args.data), out, resume=args.resume)
+    print(f"trained {cfg.method.name} -> {out}: val/top1 {summary['val/top1']:.4f}")
+    return 0
+
+
+def cmd_probe(args: argparse.Namespace) -> int:
+    from excon.probe import probe
+
+    cfg = _config(args, [f"method.name={args.method}"] if args.method else [])
+    metrics = probe(cfg, data_dir(cfg, args.data), run_dir(cfg, args.run_dir), args.out)
+    print(json.dumps(metrics, indent=2))
+    return 0
+
+
+def format_table(rows: list[dict[str, Any]]) -> str:
+    header = f"{'method':<8} {'val/top1':>9} {'test/top1':>10} {'test/top5':>10} {'train s':>8}"
+    lines = [header, "-" * len(header)]
+    for r in rows:
+        lines.append(
+            f"{r['method']:<8} {r['val/top1']:>9.4f} {r['test/top1']:>10.4f} "
+            f"{r['test/top5']:>10.4f} {r['train_seconds']:>8.0f}"
+        )
+    return "\n".join(lines)
+
+
+def cmd_study(args: argparse.Namespace) -> int:
+    """prepare (if needed) -> pretrain each method -> probe -> table."""
+    from excon import artifacts
+    from excon.probe import probe
+    from excon.train import pretrain
+
+    cfg = _config(args)
+    data = data_dir(cfg, None)
+    if not (data / "manifest.json").is_file():
+        cmd_prepare(argparse.Namespace(**{**vars(args), "dataset": None, "raw_dir": None,
+                                          "download": False, "out": None}))
+    rows = []
+    for method in args.methods:
+        mcfg = _config(args, [f"method.name={method}"])
+        out = run_dir(mcfg, None)
+        start = time.perf_counter()
+        pretrain(mcfg, data, out, resume=args.resume)
+        seconds = time.perf_counter() - start
+        metrics = probe(mcfg, data, out)
+        rows.append({"method": method, "train_seconds": seconds, **metrics})
+    table = format_table(rows)
+    print(table)
+    artifacts.write_json(Path(cfg.train.runs_dir) / cfg.data.dataset / "study.json", rows)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="excon",
+        description="Explanation-driven supervised contrastive learning: the study's stages.",
+    )
+    sub = parser.add_subparsers(dest="stage", required=True, metavar="STAGE")
+
+    def stage(name: str, fn: Callable[[argparse.Namespace], int], help_: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_, description=help_)
+        _add_common(p)
+        p.set_defaults(fn=fn)
+        return p
+
+    p = stage("prepare", cmd_prepare, "read a dataset's original files into the prepared format")
+    p.add_argument("--dataset", choices=DATASETS, help="overrides data.dataset")
+    p.add_argument("--raw-dir", help="directory holding the original files (no download)")
+    p.add_argument("--download", action="store_true", help="download the original files first")
+    p.add_argument("--out", help="output directory (default: <data.prepared_dir>/<dataset>)")
+
+    p = stage("pretrain", cmd_pretrain, "pre-train an encoder with one method")
+    p.add_argument("--method", choices=METHODS, help="overrides method.name")
+    p.add_argument("--data", help="prepared dataset directory")
+    p.add_argument("--run-dir", help="output directory (default: <train.runs_dir>/<dataset>/<method>)")
+    p.add_argument("--resume", action="store_true", help="continue from the run's checkpoint.pt")
+
+    p = stage("probe", cmd_probe, "linear probe on the frozen encoder; writes metrics.json")
+    p.add_argument("--method", choices=METHODS, help="overrides method.name")
+    p.add_argument("--data", help="prepared dataset directory")
+    p.add_argument("--run-dir", help="pre-training run directory")
+    p.add_argument("--out", help="metrics file (default: <run-dir>/metrics.json)")
+
+    p = stage("study", cmd_study, "prepare, pre-train and probe several methods; print a table")
+    p.add_argument("--methods", nargs="+", default=["ce", "supcon"], choices=METHODS)
+    p.add_argument("--resume", action="store_true", help="continue runs that have a checkpoint")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.fn(args)
+    except (ConfigError, FileNotFoundError, ValueError, RuntimeError) as e:
+        # Expected failures (bad params, bad data, refused resume) get one line, not a traceback.
+        print(f"excon {args.stage}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,249 @@
+"""Typed configuration: one schema for params.yaml, the CLI and (later) the pipelines.
+
+Every parameter lives in a dataclass field with a default. `load_config` reads a DVC-style
+params.yaml, applies `section.key=value` overrides and validates everything, raising
+`ConfigError` with one line naming the key and what is allowed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, get_args, get_origin
+
+import yaml
+
+DATASETS = ("animals", "cifar100", "tinyimagenet", "imagefolder")
+METHODS = ("ce", "supcon", "excon")
+
+
+class ConfigError(ValueError):
+    """A parameter is unknown, of the wrong type or out of range."""
+
+
+@dataclass
+class DataConfig:
+    dataset: Literal["animals", "cifar100", "tinyimagenet", "imagefolder"] = "animals"
+    prepared_dir: str = "data/prepared"  # where `excon prepare` writes, `pretrain` reads
+    raw_dir: str | None = None  # original files the user already has (no download)
+    download: bool = False
+    image_size: int = 32  # imagefolder only; the others keep their native size
+    val_fraction: float = 0.1
+    test_fraction: float = 0.1  # only for sources without an official test split
+    limit_per_class: int | None = None  # subsample every split (quick runs)
+    seed: int = 0
+    num_workers: int = 0
+
+
+@dataclass
+class ModelConfig:
+    arch: Literal["resnet18", "resnet50"] = "resnet18"
+    width: float = 1.0  # channel multiplier on the torchvision widths (64..512)
+    proj_dim: int = 128
+
+
+@dataclass
+class MethodConfig:
+    name: Literal["ce", "supcon", "excon"] = "supcon"
+    temperature: float = 0.1
+    base_temperature: float = 0.07
+    # How the online linear head (used by ExCon's Grad-CAM) is trained:
+    # "epoch"  - one pass on detached features after each encoder epoch (reference behaviour);
+    # "online" - in the same step, on detached features of the first view (no extra pass).
+    head_training: Literal["epoch", "online"] = "epoch"
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 0.5
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    warmup_epochs: int = 0
+    warmup_from: float = 0.01  # lr at the first warm-up step, as in SupContrast
+    min_lr_ratio: float = 1e-3  # cosine decays to lr * min_lr_ratio
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 200
+    batch_size: int = 256
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    amp: bool = True  # bf16 autocast, only on CUDA
+    runs_dir: str = "runs"
+    max_steps_per_epoch: int | None = None  # cap for smoke runs and tests
+
+
+@dataclass
+class ProbeConfig:
+    epochs: int = 100
+    batch_size: int = 256
+    lrs: list[float] = field(default_factory=lambda: [0.1, 1.0])  # grid, selected on val
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    method: MethodConfig = field(default_factory=MethodConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    probe: ProbeConfig = field(default_factory=ProbeConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+# Range rules: key -> (predicate, description of what is allowed)
+_POSITIVE = (lambda v: v > 0, "> 0")
+_NON_NEGATIVE = (lambda v: v >= 0, ">= 0")
+_FRACTION = (lambda v: 0 <= v < 1, "in [0, 1)")
+_RULES: dict[str, tuple[typing.Callable[[Any], bool], str]] = {
+    "data.image_size": (lambda v: v >= 8, ">= 8"),
+    "data.val_fraction": _FRACTION,
+    "data.test_fraction": _FRACTION,
+    "data.limit_per_class": (lambda v: v is None or v > 0, "> 0 or null"),
+    "data.num_workers": _NON_NEGATIVE,
+    "model.width": (lambda v: 0 < v <= 4, "in (0, 4]"),
+    "model.proj_dim": _POSITIVE,
+    "method.temperature": _POSITIVE,
+    "method.base_temperature": _POSITIVE,
+    "optim.lr": _POSITIVE,
+    "optim.momentum": (lambda v: 0 <= v < 1, "in [0, 1)"),
+    "optim.weight_decay": _NON_NEGATIVE,
+    "optim.warmup_epochs": _NON_NEGATIVE,
+    "optim.warmup_from": _POSITIVE,
+    "optim.min_lr_ratio": (lambda v: 0 <= v <= 1, "in [0, 1]"),
+    "train.epochs": _POSITIVE,
+    "train.batch_size": (lambda v: v >= 2, ">= 2 (contrastive losses need pairs)"),
+    "train.max_steps_per_epoch": (lambda v: v is None or v > 0, "> 0 or null"),
+    "probe.epochs": _POSITIVE,
+    "probe.batch_size": _POSITIVE,
+    "probe.lrs": (lambda v: len(v) > 0 and all(x > 0 for x in v), "a non-empty list of > 0"),
+    "probe.momentum": (lambda v: 0 <= v < 1, "in [0, 1)"),
+    "probe.weight_decay": _NON_NEGATIVE,
+}
+
+
+def _type_name(tp: Any) -> str:
+    origin = get_origin(tp)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in get_args(tp))
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in get_args(tp))
+    if origin is list:
+        return f"list of {_type_name(get_args(tp)[0])}"
+    return "null" if tp is type(None) else getattr(tp, "__name__", str(tp))
+
+
+def _coerce(key: str, value: Any, tp: Any) -> Any:
+    """Return `value` as type `tp` or raise ConfigError. Ints are accepted for floats only."""
+    origin = get_origin(tp)
+    if origin is Literal:
+        if value in get_args(tp):
+            return value
+    elif origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in get_args(tp):
+            return None
+        for arg in get_args(tp):
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(key, value, arg)
+            except ConfigError:
+                pass
+    elif origin is list:
+        if isinstance(value, list):
+            return [_coerce(key, v, get_args(tp)[0]) for v in value]
+    elif tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+    raise ConfigError(f"{key}: got {value!r}, expected {_type_name(tp)}")
+
+
+def _build(section_cls: type, section: str, values: dict[str, Any]) -> Any:
+    hints = typing.get_type_hints(section_cls)
+    allowed = [f.name for f in dataclasses.fields(section_cls)]
+    kwargs = {}
+    for key, value in values.items():
+        full = f"{section}.{key}"
+        if key not in allowed:
+            raise ConfigError(f"{full}: unknown key (allowed: {', '.join(allowed)})")
+        value = _coerce(full, value, hints[key])
+        rule = _RULES.get(full)
+        if rule is not None and not rule[0](value):
+            raise ConfigError(f"{full}: got {value!r}, must be {rule[1]}")
+        kwargs[key] = value
+    return section_cls(**kwargs)
+
+
+def from_dict(raw: dict[str, Any]) -> Config:
+    """Build and validate a Config from a nested dict (missing keys take defaults)."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"params: expected a mapping of sections, got {type(raw).__name__}")
+    sections = {f.name: f for f in dataclasses.fields(Config)}
+    hints = typing.get_type_hints(Config)
+    built = {}
+    for name, values in raw.items():
+        if name not in sections:
+            # Other tools (DVC stages, pipelines) may keep their own sections in params.yaml
+            # under names starting with an underscore; everything else must be ours.
+            if str(name).startswith("_"):
+                continue
+            raise ConfigError(f"{name}: unknown section (allowed: {', '.join(sections)})")
+        if values is None:
+            values = {}
+        if not isinstance(values, dict):
+            raise ConfigError(f"{name}: expected a mapping, got {values!r}")
+        built[name] = _build(hints[name], name, values)
+    # Validate the defaults of untouched sections too (they are always valid, but cheap).
+    return Config(**built)
+
+
+def parse_override(text: str) -> tuple[str, str, Any]:
+    """`section.key=value` -> (section, key, YAML-parsed value)."""
+    if "=" not in text or "." not in text.split("=", 1)[0]:
+        raise ConfigError(f"--set {text!r}: expected section.key=value, e.g. train.epochs=10")
+    path, raw_value = text.split("=", 1)
+    section, key = path.split(".", 1)
+    try:
+        value = yaml.safe_load(raw_value) if raw_value != "" else ""
+    except yaml.YAMLError:
+        value = raw_value
+    return section.strip(), key.strip(), value
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Read params.yaml (if given and present), apply `--set` overrides, validate."""
+    raw: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"{path}: params file not found")
+        try:
+            raw = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path}: not valid YAML ({e})") from None
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{path}: expected a mapping of sections at the top level")
+    for text in overrides or []:
+        section, key, value = parse_override(text)
+        current = raw.setdefault(section, {})
+        if not isinstance(current, dict):
+            raise ConfigError(f"{section}: expected a mapping, got {current!r}")
+        current[key] = value
+    return from_dict(raw)

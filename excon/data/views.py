@@ -1,0 +1,95 @@
+"""Augmented views of prepared uint8 images, as the reference (SupContrast / ExCon) builds them.
+
+View kinds:
+- "standard": resize + normalise only (ExCon's saliency view, evaluation, probing);
+- "random":   the SupCon augmentation: RandomResizedCrop(scale 0.2-1), horizontal flip,
+              ColorJitter(0.4, 0.4, 0.4, 0.1) with p=0.8, grayscale with p=0.2;
+- "ce":       the cross-entropy baseline's augmentation: RandomResizedCrop(0.2-1) + flip.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+from torchvision.transforms import v2
+
+VIEW_KINDS = ("standard", "random", "ce")
+
+
+def build_transform(
+    kind: str, size: tuple[int, int], mean: Sequence[float], std: Sequence[float], channels: int
+) -> v2.Transform:
+    """Transform for one view kind, on a uint8 [C, H, W] tensor."""
+    normalize = [v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(mean), list(std))]
+    if kind == "standard":
+        return v2.Compose([v2.Resize(list(size), antialias=True), *normalize])
+    crop = [v2.RandomResizedCrop(list(size), scale=(0.2, 1.0), antialias=True), v2.RandomHorizontalFlip()]
+    if kind == "ce":
+        return v2.Compose([*crop, *normalize])
+    if kind == "random":
+        color: list[v2.Transform] = [
+            v2.RandomApply([v2.ColorJitter(0.4, 0.4, 0.4, 0.1)], p=0.8),
+        ]
+        # Saturation, hue and grayscale are identities on 1-channel images; torchvision's
+        # grayscale conversion would reject them, so those steps are only built for RGB.
+        if channels == 1:
+            color = [v2.RandomApply([v2.ColorJitter(0.4, 0.4)], p=0.8)]
+        else:
+            color.append(v2.RandomGrayscale(p=0.2))
+        return v2.Compose([*crop, *color, *normalize])
+    raise ValueError(f"unknown view kind {kind!r} (allowed: {', '.join(VIEW_KINDS)})")
+
+
+class ViewDataset(Dataset):
+    """Yields ([view_1, ..., view_k], label) for uint8 NHWC images held in memory."""
+
+    def __init__(
+        self,
+        images: np.ndarray,
+        labels: np.ndarray,
+        kinds: Sequence[str],
+        mean: Sequence[float],
+        std: Sequence[float],
+    ) -> None:
+        if images.ndim != 4 or images.dtype != np.uint8:
+            raise ValueError(f"images must be uint8 [N, H, W, C], got {images.dtype} {images.shape}")
+        self.images = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2)
+        self.labels = torch.from_numpy(np.asarray(labels, dtype=np.int64))
+        size = (self.images.shape[2], self.images.shape[3])
+        channels = self.images.shape[1]
+        self.transforms = [build_transform(k, size, mean, std, channels) for k in kinds]
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int) -> tuple[list[torch.Tensor], torch.Tensor]:
+        image = self.images[i]
+        return [t(image) for t in self.transforms], self.labels[i]
+
+
+def make_loader(
+    dataset: Dataset,
+    batch_size: int,
+    *,
+    train: bool,
+    seed: int = 0,
+    epoch: int = 0,
+    num_workers: int = 0,
+    pin_memory: bool = False,
+) -> DataLoader:
+    """A loader whose shuffling and worker seeds depend only on (seed, epoch), so an epoch
+    replays identically after a resume."""
+    generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=train,
+        drop_last=train,
+        num_workers=num_workers,
+        pin_memory=pin_memory,
+        generator=generator,
+        persistent_workers=False,
+    )

@@ -1,0 +1,127 @@
+"""Linear probe: a linear classifier on frozen encoder features, selected on val.
+
+Features are extracted once from the standard (un-augmented) view, so the probe is a few
+seconds of work on features instead of the reference's 100 augmented epochs through the
+encoder; every (lr, epoch) candidate is scored on val and only the best one sees the test split.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from excon import artifacts
+from excon.config import Config
+from excon.data.prepared import load_prepared
+from excon.data.views import ViewDataset, make_loader
+from excon.train import autocast, resolve_device
+
+METRICS = "metrics.json"
+
+
+@torch.no_grad()
+def extract_features(
+    encoder: nn.Module, loader: torch.utils.data.DataLoader, device: torch.device, amp: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    encoder.eval()
+    feats, labels = [], []
+    for views, y in loader:
+        with autocast(device, amp):
+            feats.append(encoder(views[0].to(device)).float())
+        labels.append(y.to(device))
+    return torch.cat(feats), torch.cat(labels)
+
+
+def topk_accuracy(logits: torch.Tensor, labels: torch.Tensor, k: int) -> float:
+    k = min(k, logits.shape[1])
+    return (logits.topk(k, dim=1).indices == labels[:, None]).any(1).float().mean().item()
+
+
+def fit_linear(
+    train_x: torch.Tensor,
+    train_y: torch.Tensor,
+    val_x: torch.Tensor,
+    val_y: torch.Tensor,
+    num_classes: int,
+    lr: float,
+    cfg: Config,
+) -> tuple[nn.Linear, float, int]:
+    """SGD + cosine on fixed features; returns the head at its best val epoch."""
+    p = cfg.probe
+    generator = torch.Generator(device="cpu").manual_seed(cfg.train.seed)
+    torch.manual_seed(cfg.train.seed)
+    head = nn.Linear(train_x.shape[1], num_classes).to(train_x.device)
+    opt = torch.optim.SGD(head.parameters(), lr=lr, momentum=p.momentum, weight_decay=p.weight_decay)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=p.epochs)
+    best_acc, best_epoch, best_state = -1.0, 0, None
+    n = train_x.shape[0]
+    for epoch in range(p.epochs):
+        head.train()
+        order = torch.randperm(n, generator=generator).to(train_x.device)
+        for i in range(0, n, p.batch_size):
+            idx = order[i : i + p.batch_size]
+            loss = F.cross_entropy(head(train_x[idx]), train_y[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        sched.step()
+        with torch.no_grad():
+            acc = topk_accuracy(head(val_x), val_y, 1)
+        if acc > best_acc:
+            best_acc, best_epoch = acc, epoch + 1
+            best_state = {k: v.clone() for k, v in head.state_dict().items()}
+    assert best_state is not None
+    head.load_state_dict(best_state)
+    return head, best_acc, best_epoch
+
+
+def _standardise(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    return (x - mean) / std
+
+
+def probe(cfg: Config, data_dir: str | Path, run_dir: str | Path, out: str | Path | None = None) -> dict:
+    """Probe the encoder of `run_dir`; writes `metrics.json` (val- and test-split top-1/top-5)."""
+    run_dir = Path(run_dir)
+    device = resolve_device(cfg.train.device)
+    model, meta = artifacts.load_model(run_dir, device)
+    data = load_prepared(Path(data_dir))
+    feats = {}
+    for split in ("train", "val", "test"):
+        s = data.split(split)
+        ds = ViewDataset(s.images, s.labels, ["standard"], data.mean, data.std)
+        loader = make_loader(ds, cfg.probe.batch_size, train=False, num_workers=cfg.data.num_workers)
+        feats[split] = extract_features(model.encoder, loader, device, cfg.train.amp)
+    # Standardising with train statistics makes one lr grid fit every method's feature scale.
+    mu = feats["train"][0].mean(0)
+    sd = feats["train"][0].std(0).clamp(min=1e-6)
+    x = {k: _standardise(v[0], mu, sd) for k, v in feats.items()}
+    y = {k: v[1] for k, v in feats.items()}
+
+    best: tuple[float, float, int, nn.Linear] | None = None
+    for lr in cfg.probe.lrs:
+        head, val_acc, epoch = fit_linear(x["train"], y["train"], x["val"], y["val"], data.num_classes, lr, cfg)
+        print(f"probe lr={lr:g}: best val/top1 {val_acc:.4f} at epoch {epoch}", file=sys.stderr)
+        if best is None or val_acc > best[0]:
+            best = (val_acc, lr, epoch, head)
+    assert best is not None
+    _, lr, epoch, head = best
+    with torch.no_grad():
+        logits = {k: head(x[k]) for k in ("val", "test")}
+    metrics = {
+        "val/top1": topk_accuracy(logits["val"], y["val"], 1),
+        "val/top5": topk_accuracy(logits["val"], y["val"], 5),
+        "test/top1": topk_accuracy(logits["test"], y["test"], 1),
+        "test/top5": topk_accuracy(logits["test"], y["test"], 5),
+        "probe/lr": lr,
+        "probe/epoch": epoch,
+        "method": meta.get("method", "unknown"),
+    }
+    if any(math.isnan(v) for v in metrics.values() if isinstance(v, float)):
+        raise RuntimeError("probe produced NaN metrics; the encoder's features are not finite")
+    artifacts.write_json(Path(out) if out is not None else run_dir / METRICS, metrics)
+    return metrics

@@ -1,0 +1,311 @@
+"""The pre-training loop: train_one_epoch / train_head_one_epoch / evaluate, checkpoint and
+exact resume (after torchvision's references/classification/train.py)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import random
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from excon import artifacts
+from excon.config import Config
+from excon.data.prepared import load_prepared
+from excon.data.views import ViewDataset, make_loader
+from excon.methods import Method, get_method
+from excon.models import ExConNet
+
+CHECKPOINT = "checkpoint.pt"
+METRICS_LOG = "metrics.jsonl"
+SUMMARY = "summary.json"
+
+
+# Parameters that may change between a run and its resume without changing the result.
+_RESUME_FREE = {"data.num_workers", "data.prepared_dir", "data.raw_dir", "data.download",
+                "train.device", "train.runs_dir"}
+
+
+class ResumeError(RuntimeError):
+    """A run directory holds a checkpoint that cannot be continued as asked."""
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"train.device={name!r} but CUDA is not available on this machine")
+    return device
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def epoch_lr(cfg: Config, epoch: int, step: int, steps_per_epoch: int) -> float:
+    """SupContrast's schedule: cosine per epoch to lr * min_lr_ratio (epochs counted from 1 as
+    in the reference), with an optional linear per-step warm-up from `warmup_from`."""
+    o, total = cfg.optim, cfg.train.epochs
+    eta_min = o.lr * o.min_lr_ratio
+
+    def cosine(e: int) -> float:
+        return eta_min + (o.lr - eta_min) * (1 + math.cos(math.pi * e / total)) / 2
+
+    if epoch < o.warmup_epochs:
+        p = (epoch * steps_per_epoch + step) / (o.warmup_epochs * steps_per_epoch)
+        return o.warmup_from + p * (cosine(o.warmup_epochs) - o.warmup_from)
+    return cosine(epoch + 1)
+
+
+def set_lr(optimizer: torch.optim.Optimizer | None, lr: float) -> None:
+    if optimizer is not None:
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+
+
+def autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContextManager:
+    # bf16 needs no loss scaling, so AMP adds no state to checkpoints.
+    if enabled and device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def _progress(iterable: Any, total: int, desc: str) -> tqdm:
+    # On a terminal a live bar; in logs (DVC, CI, pods) a line every 30 s at most.
+    tty = sys.stderr.isatty()
+    return tqdm(iterable, total=total, desc=desc, leave=False, mininterval=0.1 if tty else 30.0,
+                dynamic_ncols=True)
+
+
+def train_one_epoch(
+    model: ExConNet,
+    method: Method,
+    cfg: Config,
+    optimizer: torch.optim.Optimizer,
+    loader: torch.utils.data.DataLoader,
+    device: torch.device,
+    epoch: int,
+) -> dict[str, float]:
+    model.train()
+    steps = len(loader) if cfg.train.max_steps_per_epoch is None else min(
+        len(loader), cfg.train.max_steps_per_epoch
+    )
+    sums: dict[str, torch.Tensor] = {}
+    images_seen, start = 0, time.perf_counter()
+    bar = _progress(loader, steps, f"{method.name} epoch {epoch + 1}/{cfg.train.epochs}")
+    for step, (views, labels) in enumerate(bar):
+        if step >= steps:
+            break
+        set_lr(optimizer, epoch_lr(cfg, epoch, step, steps))
+        views = [v.to(device, non_blocking=True) for v in views]
+        labels = labels.to(device, non_blocking=True)
+        with autocast(device, cfg.train.amp):
+            out = method.step(model, views, labels, cfg.method)
+        optimizer.zero_grad(set_to_none=True)
+        out.loss.backward()
+        optimizer.step()
+        for k, v in out.stats.items():  # summed on device: no host sync per step
+            sums[k] = sums.get(k, 0) + v.float()
+        images_seen += labels.shape[0]
+        if bar.disable is False and step % 10 == 0:
+            rate = images_seen / (time.perf_counter() - start)
+            bar.set_postfix(loss=f"{out.stats['loss'].item():.3f}", img_s=f"{rate:.0f}")
+    bar.close()
+    elapsed = time.perf_counter() - start
+    result = {f"train/{k}": (v / steps).item() for k, v in sums.items()}
+    result["train/images_per_s"] = images_seen / elapsed
+    result["train/lr"] = optimizer.param_groups[0]["lr"]
+    return result
+
+
+def train_head_one_epoch(
+    model: ExConNet,
+    cfg: Config,
+    optimizer: torch.optim.Optimizer,
+    loader: torch.utils.data.DataLoader,
+    device: torch.device,
+    epoch: int,
+) -> dict[str, float]:
+    """The reference's classifier epoch: frozen encoder in eval mode, linear head trained with
+    cross-entropy on detached features of the CE augmentation, same SGD and schedule."""
+    model.encoder.eval()
+    model.classifier.train()
+    steps = len(loader) if cfg.train.max_steps_per_epoch is None else min(
+        len(loader), cfg.train.max_steps_per_epoch
+    )
+    loss_sum, correct, seen = torch.zeros((), device=device), torch.zeros((), device=device), 0
+    for step, (views, labels) in enumerate(_progress(loader, steps, f"head epoch {epoch + 1}")):
+        if step >= steps:
+            break
+        set_lr(optimizer, epoch_lr(cfg, epoch, step, steps))
+        images, labels = views[0].to(device, non_blocking=True), labels.to(device, non_blocking=True)
+        with torch.no_grad(), autocast(device, cfg.train.amp):
+            features = model.encoder(images)
+        logits = model.classifier(features.float())
+        loss = F.cross_entropy(logits, labels)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        loss_sum += loss.detach() * labels.shape[0]
+        correct += (logits.argmax(1) == labels).sum()
+        seen += labels.shape[0]
+    return {"head/loss": (loss_sum / seen).item(), "head/acc": (correct / seen).item()}
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module, loader: torch.utils.data.DataLoader, device: torch.device, amp: bool
+) -> dict[str, float]:
+    """Top-1 / top-5 accuracy and loss of encoder + linear head."""
+    model.eval()
+    loss_sum, top1, top5, seen = 0.0, 0, 0, 0
+    for views, labels in loader:
+        images, labels = views[0].to(device), labels.to(device)
+        with autocast(device, amp):
+            logits = model(images).float()
+        loss_sum += F.cross_entropy(logits, labels, reduction="sum").item()
+        k = min(5, logits.shape[1])
+        topk = logits.topk(k, dim=1).indices
+        top1 += (topk[:, 0] == labels).sum().item()
+        top5 += (topk == labels[:, None]).any(1).sum().item()
+        seen += labels.shape[0]
+    return {"loss": loss_sum / seen, "top1": top1 / seen, "top5": top5 / seen}
+
+
+def _rng_state() -> dict[str, Any]:
+    state = {"torch": torch.get_rng_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def pretrain(cfg: Config, data_dir: str | Path, run_dir: str | Path, resume: bool = False) -> dict:
+    """Pre-train one method on a prepared dataset; returns the final summary.
+
+    `run_dir` receives checkpoint.pt (every epoch, atomically), metrics.jsonl, model.safetensors
+    + model.json and summary.json. With `resume`, training continues from checkpoint.pt and ends
+    with the same weights as an uninterrupted run (each epoch's data order and augmentation
+    depend only on (seed, epoch)).
+    """
+    run_dir = Path(run_dir)
+    method = get_method(cfg.method.name)
+    device = resolve_device(cfg.train.device)
+    data = load_prepared(Path(data_dir))
+    train_split, val_split = data.split("train"), data.split("val")
+    if len(train_split.labels) < cfg.train.batch_size:
+        raise ValueError(
+            f"train.batch_size={cfg.train.batch_size} is larger than the training split "
+            f"({len(train_split.labels)} images); lower it"
+        )
+
+    seed_everything(cfg.train.seed)
+    model = ExConNet(
+        data.num_classes, cfg.model.arch, cfg.model.width, data.channels, cfg.model.proj_dim
+    ).to(device)
+    o = cfg.optim
+    if method.head_in_objective:
+        params = [*model.encoder.parameters(), *model.classifier.parameters()]
+    else:
+        params = [*model.encoder.parameters(), *model.projector.parameters()]
+    optimizer = torch.optim.SGD(params, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay)
+    head_optimizer = None
+    if not method.head_in_objective:
+        head_params = model.classifier.parameters()
+        if cfg.method.head_training == "online":
+            optimizer.add_param_group({"params": list(head_params)})
+        else:
+            head_optimizer = torch.optim.SGD(
+                head_params, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay
+            )
+
+    start_epoch, history = 0, []
+    ckpt_path = run_dir / CHECKPOINT
+    if ckpt_path.exists():
+        if not resume:
+            raise ResumeError(
+                f"{ckpt_path} exists; pass --resume to continue it or remove {run_dir} to restart"
+            )
+        ckpt = artifacts.load_checkpoint(ckpt_path)
+        changed = [
+            f"{s}.{k}"
+            for s, sec in cfg.to_dict().items()
+            for k, v in sec.items()
+            if f"{s}.{k}" not in _RESUME_FREE and ckpt["config"].get(s, {}).get(k) != v
+        ]
+        if changed:
+            raise ResumeError(f"{ckpt_path} was trained with other parameters ({', '.join(changed)})")
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        if head_optimizer is not None:
+            head_optimizer.load_state_dict(ckpt["head_optimizer"])
+        start_epoch, history = ckpt["epoch"], ckpt["history"]
+        print(f"resuming {run_dir} after epoch {start_epoch}", file=sys.stderr)
+
+    kw = {"seed": cfg.train.seed, "num_workers": cfg.data.num_workers, "pin_memory": device.type == "cuda"}
+    train_ds = ViewDataset(train_split.images, train_split.labels, method.views, data.mean, data.std)
+    head_ds = ViewDataset(train_split.images, train_split.labels, ["ce"], data.mean, data.std)
+    val_ds = ViewDataset(val_split.images, val_split.labels, ["standard"], data.mean, data.std)
+    val_loader = make_loader(val_ds, cfg.train.batch_size, train=False, **kw)
+
+    for epoch in range(start_epoch, cfg.train.epochs):
+        # Global RNG re-seeded per epoch: augmentations in the main process replay after resume.
+        torch.manual_seed(cfg.train.seed * 100_003 + epoch)
+        loader = make_loader(train_ds, cfg.train.batch_size, train=True, epoch=epoch, **kw)
+        row: dict[str, Any] = {"epoch": epoch + 1}
+        row.update(train_one_epoch(model, method, cfg, optimizer, loader, device, epoch))
+        if head_optimizer is not None:
+            head_loader = make_loader(head_ds, cfg.train.batch_size, train=True, epoch=epoch, **kw)
+            row.update(train_head_one_epoch(model, cfg, head_optimizer, head_loader, device, epoch))
+        row.update({f"val/{k}": v for k, v in evaluate(model, val_loader, device, cfg.train.amp).items()})
+        history.append(row)
+        artifacts.save_checkpoint(
+            ckpt_path,
+            {
+                "epoch": epoch + 1,
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "head_optimizer": head_optimizer.state_dict() if head_optimizer else None,
+                "scheduler": {"kind": "cosine-per-epoch", "next_epoch": epoch + 1},
+                "rng": _rng_state(),
+                "history": history,
+                "config": cfg.to_dict(),
+            },
+        )
+        artifacts.write_text(run_dir / METRICS_LOG, "".join(json.dumps(r) + "\n" for r in history))
+        print(
+            f"[{method.name}] epoch {epoch + 1}/{cfg.train.epochs} "
+            f"loss {row['train/loss']:.4f} val/top1 {row['val/top1']:.4f} "
+            f"{row['train/images_per_s']:.0f} img/s",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    meta = artifacts.model_meta(
+        cfg.model,
+        data.num_classes,
+        data.channels,
+        {
+            "dataset": data.manifest["dataset"],
+            "class_names": data.class_names,
+            "mean": list(data.mean),
+            "std": list(data.std),
+            "image_size": list(data.image_size),
+            "method": method.name,
+        },
+    )
+    artifacts.save_model(run_dir, model, meta)
+    summary = {"method": method.name, "epochs": cfg.train.epochs, **history[-1]}
+    artifacts.write_json(run_dir / SUMMARY, summary)
+    return summary
