@@ -171,10 +171,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from excon.data.errors import DataError
+    from excon.train import ResumeError
+
     args = build_parser().parse_args(argv)
     try:
         return args.fn(args)
-    except (ConfigError, FileNotFoundError, ValueError, RuntimeError) as e:
+    except (ConfigError, DataError, ResumeError, FileNotFoundError) as e:
         # Expected failures (bad params, bad data, refused resume) get one line, not a traceback.
         print(f"excon {args.stage}: error: {e}", file=sys.stderr)
         return 2

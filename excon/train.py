@@ -19,7 +19,7 @@ from torch import nn
 from tqdm import tqdm
 
 from excon import artifacts
-from excon.config import Config
+from excon.config import Config, ConfigError
 from excon.data.prepared import load_prepared
 from excon.data.views import ViewDataset, make_loader
 from excon.methods import Method, get_method
@@ -44,7 +44,7 @@ def resolve_device(name: str) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"train.device={name!r} but CUDA is not available on this machine")
+        raise ConfigError(f"train.device={name!r} but CUDA is not available on this machine")
     return device
 
 
@@ -205,7 +205,7 @@ def pretrain(cfg: Config, data_dir: str | Path, run_dir: str | Path, resume: boo
     data = load_prepared(Path(data_dir))
     train_split, val_split = data.split("train"), data.split("val")
     if len(train_split.labels) < cfg.train.batch_size:
-        raise ValueError(
+        raise ConfigError(
             f"train.batch_size={cfg.train.batch_size} is larger than the training split "
             f"({len(train_split.labels)} images); lower it"
         )

@@ -1,0 +1,52 @@
+import pytest
+import torch
+import torch.nn.functional as F
+
+from excon.config import MethodConfig
+from excon.losses import supcon_loss
+from excon.methods import METHODS, ce_step, get_method, supcon_step
+from excon.models import ExConNet
+
+
+@pytest.fixture
+def net():
+    torch.manual_seed(0)
+    return ExConNet(num_classes=3, arch="resnet18", width=0.0625, in_channels=1, proj_dim=8)
+
+
+def test_views_per_method():
+    assert METHODS["ce"].views == ("ce",)
+    assert METHODS["supcon"].views == ("random", "random")
+    with pytest.raises(ValueError, match="allowed: ce, supcon"):
+        get_method("byol")
+
+
+def test_supcon_step_is_the_loss_on_stacked_views(net):
+    views = [torch.randn(4, 1, 16, 16), torch.randn(4, 1, 16, 16)]
+    y = torch.tensor([0, 1, 0, 2])
+    net.eval()  # BN in eval: the same features whichever way the views are batched
+    out = supcon_step(net, views, y, MethodConfig(head_training="epoch"))
+    z = torch.stack([net.projector(net.encoder(v)) for v in views], dim=1)
+    assert torch.allclose(out.loss, supcon_loss(z, y, 0.1, 0.07), atol=1e-5)
+    assert "head_loss" not in out.stats
+
+
+def test_online_head_loss_does_not_reach_the_encoder(net):
+    views = [torch.randn(4, 1, 16, 16), torch.randn(4, 1, 16, 16)]
+    y = torch.tensor([0, 1, 0, 2])
+    supcon_step(net, views, y, MethodConfig(head_training="epoch")).loss.backward()
+    plain = {n: p.grad.clone() for n, p in net.encoder.named_parameters()}
+    net.zero_grad(set_to_none=True)
+    out = supcon_step(net, views, y, MethodConfig(head_training="online"))
+    assert out.loss > out.stats["contrastive_loss"]
+    out.loss.backward()
+    assert net.classifier.weight.grad.abs().sum() > 0
+    for n, p in net.encoder.named_parameters():
+        assert torch.allclose(p.grad, plain[n], atol=1e-6), n
+
+
+def test_ce_step(net):
+    x, y = torch.randn(4, 1, 16, 16), torch.tensor([0, 1, 2, 0])
+    out = ce_step(net, [x], y, MethodConfig())
+    net.train()
+    assert out.loss.item() == pytest.approx(F.cross_entropy(net(x), y).item(), rel=1e-4)

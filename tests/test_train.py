@@ -1,0 +1,112 @@
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from excon import artifacts, train
+from excon.config import ConfigError
+from excon.train import ResumeError, epoch_lr, pretrain
+
+
+def _weights(run_dir):
+    return load_file(str(run_dir / artifacts.MODEL_WEIGHTS))
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ("method.name=supcon",),  # head trained in its own epoch, two optimisers
+        ("method.name=supcon", "method.head_training=online"),
+        ("method.name=ce", "optim.warmup_epochs=1"),
+    ],
+)
+def test_resume_gives_the_same_weights(prepared, tiny_config, tmp_path, monkeypatch, overrides):
+    cfg = tiny_config(*overrides)
+    full = tmp_path / "full"
+    pretrain(cfg, prepared, full)
+
+    # Kill the second run right after its first checkpoint is on disk.
+    real_write_text = artifacts.write_text
+
+    def killed(*args, **kwargs):
+        real_write_text(*args, **kwargs)
+        raise KeyboardInterrupt
+
+    part = tmp_path / "part"
+    monkeypatch.setattr(train.artifacts, "write_text", killed)
+    with pytest.raises(KeyboardInterrupt):
+        pretrain(cfg, prepared, part)
+    monkeypatch.setattr(train.artifacts, "write_text", real_write_text)
+    assert artifacts.load_checkpoint(part / train.CHECKPOINT)["epoch"] == 1
+    assert not (part / artifacts.MODEL_WEIGHTS).exists()
+
+    pretrain(cfg, prepared, part, resume=True)
+    a, b = _weights(full), _weights(part)
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    log = [json.loads(line) for line in (part / train.METRICS_LOG).read_text().splitlines()]
+    assert [r["epoch"] for r in log] == [1, 2, 3]
+    full_log = (full / train.METRICS_LOG).read_text().splitlines()
+    assert [json.loads(x)["train/loss"] for x in full_log] == [r["train/loss"] for r in log]
+
+
+def test_training_changes_weights_and_logs(prepared, tiny_config, tmp_path):
+    cfg = tiny_config("method.name=supcon")
+    torch.manual_seed(cfg.train.seed)
+    summary = pretrain(cfg, prepared, tmp_path / "run")
+    assert summary["epochs"] == 3
+    for key in ("train/loss", "train/images_per_s", "head/acc", "val/top1", "val/top5"):
+        assert key in summary
+    assert 0 <= summary["val/top1"] <= summary["val/top5"] <= 1
+    ckpt = artifacts.load_checkpoint(tmp_path / "run" / train.CHECKPOINT)
+    assert ckpt["epoch"] == 3 and len(ckpt["history"]) == 3
+    model, meta = artifacts.load_model(tmp_path / "run")
+    assert meta["method"] == "supcon" and meta["num_classes"] == 4
+    assert torch.equal(model.state_dict()["classifier.weight"], ckpt["model"]["classifier.weight"])
+
+
+def test_refuses_to_overwrite_or_resume_with_other_params(prepared, tiny_config, tmp_path):
+    cfg = tiny_config("method.name=ce", "train.epochs=1")
+    pretrain(cfg, prepared, tmp_path / "run")
+    with pytest.raises(ResumeError, match="pass --resume"):
+        pretrain(cfg, prepared, tmp_path / "run")
+    with pytest.raises(ResumeError, match=r"other parameters \(optim\.lr\)"):
+        pretrain(tiny_config("method.name=ce", "train.epochs=1", "optim.lr=0.1"), prepared,
+                 tmp_path / "run", resume=True)
+    # Resuming a finished run is a no-op that rewrites the same final model.
+    before = _weights(tmp_path / "run")
+    pretrain(cfg, prepared, tmp_path / "run", resume=True)
+    after = _weights(tmp_path / "run")
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_batch_larger_than_data_is_a_clear_error(prepared, tiny_config, tmp_path):
+    with pytest.raises(ConfigError, match="larger than the training split"):
+        pretrain(tiny_config("train.batch_size=1000"), prepared, tmp_path / "run")
+
+
+def test_lr_schedule_matches_supcontrast():
+    from excon.config import load_config
+
+    cfg = load_config(None, ["train.epochs=10", "optim.lr=0.5", "optim.min_lr_ratio=0.001"])
+    eta_min = 0.5e-3
+    # epoch e (0-based) uses the reference's 1-based cosine position e + 1
+    assert epoch_lr(cfg, 0, 0, 5) == pytest.approx(
+        eta_min + (0.5 - eta_min) * (1 + torch.cos(torch.tensor(torch.pi / 10)).item()) / 2
+    )
+    assert epoch_lr(cfg, 9, 3, 5) == pytest.approx(eta_min)
+    warm = load_config(None, ["train.epochs=10", "optim.warmup_epochs=2", "optim.warmup_from=0.01"])
+    assert epoch_lr(warm, 0, 0, 5) == pytest.approx(0.01)
+    # Warm-up climbs towards the cosine value at epoch `warmup_epochs` (the reference's
+    # warmup_to) and is followed by the cosine at the next 1-based position.
+    eta_min = 0.5e-3
+
+    def cosine(e):
+        return eta_min + (0.5 - eta_min) * (1 + torch.cos(torch.tensor(torch.pi * e / 10)).item()) / 2
+
+    last_warm = epoch_lr(warm, 1, 4, 5)
+    assert 0.01 < last_warm < cosine(2)
+    assert last_warm == pytest.approx(0.01 + (9 / 10) * (cosine(2) - 0.01))
+    assert epoch_lr(warm, 2, 0, 5) == pytest.approx(cosine(3))
