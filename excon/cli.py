@@ -116,8 +116,11 @@ def cmd_study(args: argparse.Namespace) -> int:
     cfg = _config(args)
     data = data_dir(cfg, None)
     if not (data / "manifest.json").is_file():
-        cmd_prepare(argparse.Namespace(**{**vars(args), "dataset": None, "raw_dir": None,
-                                          "download": False, "out": None}))
+        cmd_prepare(
+            argparse.Namespace(
+                **{**vars(args), "dataset": None, "raw_dir": None, "download": False, "out": None}
+            )
+        )
     rows = []
     for method in args.methods:
         mcfg = _config(args, [f"method.name={method}"])
@@ -140,7 +143,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="stage", required=True, metavar="STAGE")
 
-    def stage(name: str, fn: Callable[[argparse.Namespace], int], help_: str) -> argparse.ArgumentParser:
+    def stage(
+        name: str, fn: Callable[[argparse.Namespace], int], help_: str
+    ) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_, description=help_)
         _add_common(p)
         p.set_defaults(fn=fn)
@@ -155,7 +160,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = stage("pretrain", cmd_pretrain, "pre-train an encoder with one method")
     p.add_argument("--method", choices=METHODS, help="overrides method.name")
     p.add_argument("--data", help="prepared dataset directory")
-    p.add_argument("--run-dir", help="output directory (default: <train.runs_dir>/<dataset>/<method>)")
+    p.add_argument(
+        "--run-dir", help="output directory (default: <train.runs_dir>/<dataset>/<method>)"
+    )
     p.add_argument("--resume", action="store_true", help="continue from the run's checkpoint.pt")
 
     p = stage("probe", cmd_probe, "linear probe on the frozen encoder; writes metrics.json")

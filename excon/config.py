@@ -141,6 +141,15 @@ def _type_name(tp: Any) -> str:
     return "null" if tp is type(None) else getattr(tp, "__name__", str(tp))
 
 
+# bool is an int in Python; a YAML `true` must not pass for an int or a float.
+_PRIMITIVES: dict[type, typing.Callable[[Any], bool]] = {
+    bool: lambda v: isinstance(v, bool),
+    int: lambda v: isinstance(v, int) and not isinstance(v, bool),
+    float: lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
+    str: lambda v: isinstance(v, str),
+}
+
+
 def _coerce(key: str, value: Any, tp: Any) -> Any:
     """Return `value` as type `tp` or raise ConfigError. Ints are accepted for floats only."""
     origin = get_origin(tp)
@@ -160,18 +169,8 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
     elif origin is list:
         if isinstance(value, list):
             return [_coerce(key, v, get_args(tp)[0]) for v in value]
-    elif tp is bool:
-        if isinstance(value, bool):
-            return value
-    elif tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-    elif tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-    elif tp is str:
-        if isinstance(value, str):
-            return value
+    elif tp in _PRIMITIVES and _PRIMITIVES[tp](value):
+        return float(value) if tp is float else value
     raise ConfigError(f"{key}: got {value!r}, expected {_type_name(tp)}")
 
 

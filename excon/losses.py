@@ -42,7 +42,9 @@ def supcon_loss(
     self_mask = torch.eye(n, dtype=torch.bool, device=z.device)
     # Excluding self from the denominator: -inf before log-sum-exp is the stable equivalent of
     # the reference's "subtract row max, multiply exp by logits_mask".
-    log_prob = logits - torch.logsumexp(logits.masked_fill(self_mask, float("-inf")), dim=1, keepdim=True)
+    log_prob = logits - torch.logsumexp(
+        logits.masked_fill(self_mask, float("-inf")), dim=1, keepdim=True
+    )
 
     positives = (y[:, None] == y[None, :]) & ~self_mask
     pos_count = positives.sum(1)

@@ -53,7 +53,9 @@ class ProjectionHead(nn.Module):
 
     def __init__(self, dim: int, out_dim: int = 128) -> None:
         super().__init__()
-        self.net = nn.Sequential(nn.Linear(dim, dim), nn.ReLU(inplace=True), nn.Linear(dim, out_dim))
+        self.net = nn.Sequential(
+            nn.Linear(dim, dim), nn.ReLU(inplace=True), nn.Linear(dim, out_dim)
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.normalize(self.net(x), dim=1)

@@ -56,7 +56,9 @@ def fit_linear(
     generator = torch.Generator(device="cpu").manual_seed(cfg.train.seed)
     torch.manual_seed(cfg.train.seed)
     head = nn.Linear(train_x.shape[1], num_classes).to(train_x.device)
-    opt = torch.optim.SGD(head.parameters(), lr=lr, momentum=p.momentum, weight_decay=p.weight_decay)
+    opt = torch.optim.SGD(
+        head.parameters(), lr=lr, momentum=p.momentum, weight_decay=p.weight_decay
+    )
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=p.epochs)
     best_acc, best_epoch, best_state = -1.0, 0, None
     n = train_x.shape[0]
@@ -84,7 +86,9 @@ def _standardise(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torc
     return (x - mean) / std
 
 
-def probe(cfg: Config, data_dir: str | Path, run_dir: str | Path, out: str | Path | None = None) -> dict:
+def probe(
+    cfg: Config, data_dir: str | Path, run_dir: str | Path, out: str | Path | None = None
+) -> dict:
     """Probe the encoder of `run_dir`; writes `metrics.json` (val- and test-split top-1/top-5)."""
     run_dir = Path(run_dir)
     device = resolve_device(cfg.train.device)
@@ -94,7 +98,9 @@ def probe(cfg: Config, data_dir: str | Path, run_dir: str | Path, out: str | Pat
     for split in ("train", "val", "test"):
         s = data.split(split)
         ds = ViewDataset(s.images, s.labels, ["standard"], data.mean, data.std)
-        loader = make_loader(ds, cfg.probe.batch_size, train=False, num_workers=cfg.data.num_workers)
+        loader = make_loader(
+            ds, cfg.probe.batch_size, train=False, num_workers=cfg.data.num_workers
+        )
         feats[split] = extract_features(model.encoder, loader, device, cfg.train.amp)
     # Standardising with train statistics makes one lr grid fit every method's feature scale.
     mu = feats["train"][0].mean(0)
@@ -104,7 +110,9 @@ def probe(cfg: Config, data_dir: str | Path, run_dir: str | Path, out: str | Pat
 
     best: tuple[float, float, int, nn.Linear] | None = None
     for lr in cfg.probe.lrs:
-        head, val_acc, epoch = fit_linear(x["train"], y["train"], x["val"], y["val"], data.num_classes, lr, cfg)
+        head, val_acc, epoch = fit_linear(
+            x["train"], y["train"], x["val"], y["val"], data.num_classes, lr, cfg
+        )
         print(f"probe lr={lr:g}: best val/top1 {val_acc:.4f} at epoch {epoch}", file=sys.stderr)
         if best is None or val_acc > best[0]:
             best = (val_acc, lr, epoch, head)

@@ -31,8 +31,14 @@ SUMMARY = "summary.json"
 
 
 # Parameters that may change between a run and its resume without changing the result.
-_RESUME_FREE = {"data.num_workers", "data.prepared_dir", "data.raw_dir", "data.download",
-                "train.device", "train.runs_dir"}
+_RESUME_FREE = {
+    "data.num_workers",
+    "data.prepared_dir",
+    "data.raw_dir",
+    "data.download",
+    "train.device",
+    "train.runs_dir",
+}
 
 
 class ResumeError(RuntimeError):
@@ -85,8 +91,14 @@ def autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContextM
 def _progress(iterable: Any, total: int, desc: str) -> tqdm:
     # On a terminal a live bar; in logs (DVC, CI, pods) a line every 30 s at most.
     tty = sys.stderr.isatty()
-    return tqdm(iterable, total=total, desc=desc, leave=False, mininterval=0.1 if tty else 30.0,
-                dynamic_ncols=True)
+    return tqdm(
+        iterable,
+        total=total,
+        desc=desc,
+        leave=False,
+        mininterval=0.1 if tty else 30.0,
+        dynamic_ncols=True,
+    )
 
 
 def train_one_epoch(
@@ -99,8 +111,10 @@ def train_one_epoch(
     epoch: int,
 ) -> dict[str, float]:
     model.train()
-    steps = len(loader) if cfg.train.max_steps_per_epoch is None else min(
-        len(loader), cfg.train.max_steps_per_epoch
+    steps = (
+        len(loader)
+        if cfg.train.max_steps_per_epoch is None
+        else min(len(loader), cfg.train.max_steps_per_epoch)
     )
     sums: dict[str, torch.Tensor] = {}
     images_seen, start = 0, time.perf_counter()
@@ -142,15 +156,20 @@ def train_head_one_epoch(
     cross-entropy on detached features of the CE augmentation, same SGD and schedule."""
     model.encoder.eval()
     model.classifier.train()
-    steps = len(loader) if cfg.train.max_steps_per_epoch is None else min(
-        len(loader), cfg.train.max_steps_per_epoch
+    steps = (
+        len(loader)
+        if cfg.train.max_steps_per_epoch is None
+        else min(len(loader), cfg.train.max_steps_per_epoch)
     )
     loss_sum, correct, seen = torch.zeros((), device=device), torch.zeros((), device=device), 0
     for step, (views, labels) in enumerate(_progress(loader, steps, f"head epoch {epoch + 1}")):
         if step >= steps:
             break
         set_lr(optimizer, epoch_lr(cfg, epoch, step, steps))
-        images, labels = views[0].to(device, non_blocking=True), labels.to(device, non_blocking=True)
+        images, labels = (
+            views[0].to(device, non_blocking=True),
+            labels.to(device, non_blocking=True),
+        )
         with torch.no_grad(), autocast(device, cfg.train.amp):
             features = model.encoder(images)
         logits = model.classifier(features.float())
@@ -245,7 +264,9 @@ def pretrain(cfg: Config, data_dir: str | Path, run_dir: str | Path, resume: boo
             if f"{s}.{k}" not in _RESUME_FREE and ckpt["config"].get(s, {}).get(k) != v
         ]
         if changed:
-            raise ResumeError(f"{ckpt_path} was trained with other parameters ({', '.join(changed)})")
+            raise ResumeError(
+                f"{ckpt_path} was trained with other parameters ({', '.join(changed)})"
+            )
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         if head_optimizer is not None:
@@ -253,8 +274,14 @@ def pretrain(cfg: Config, data_dir: str | Path, run_dir: str | Path, resume: boo
         start_epoch, history = ckpt["epoch"], ckpt["history"]
         print(f"resuming {run_dir} after epoch {start_epoch}", file=sys.stderr)
 
-    kw = {"seed": cfg.train.seed, "num_workers": cfg.data.num_workers, "pin_memory": device.type == "cuda"}
-    train_ds = ViewDataset(train_split.images, train_split.labels, method.views, data.mean, data.std)
+    kw = {
+        "seed": cfg.train.seed,
+        "num_workers": cfg.data.num_workers,
+        "pin_memory": device.type == "cuda",
+    }
+    train_ds = ViewDataset(
+        train_split.images, train_split.labels, method.views, data.mean, data.std
+    )
     head_ds = ViewDataset(train_split.images, train_split.labels, ["ce"], data.mean, data.std)
     val_ds = ViewDataset(val_split.images, val_split.labels, ["standard"], data.mean, data.std)
     val_loader = make_loader(val_ds, cfg.train.batch_size, train=False, **kw)
@@ -268,7 +295,9 @@ def pretrain(cfg: Config, data_dir: str | Path, run_dir: str | Path, resume: boo
         if head_optimizer is not None:
             head_loader = make_loader(head_ds, cfg.train.batch_size, train=True, epoch=epoch, **kw)
             row.update(train_head_one_epoch(model, cfg, head_optimizer, head_loader, device, epoch))
-        row.update({f"val/{k}": v for k, v in evaluate(model, val_loader, device, cfg.train.amp).items()})
+        row.update(
+            {f"val/{k}": v for k, v in evaluate(model, val_loader, device, cfg.train.amp).items()}
+        )
         history.append(row)
         artifacts.save_checkpoint(
             ckpt_path,

@@ -9,8 +9,9 @@ STAGES = ["prepare", "pretrain", "probe", "study"]
 
 
 def test_help_lists_stages():
-    out = subprocess.run([sys.executable, "-m", "excon.cli", "--help"], capture_output=True,
-                         text=True, check=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-m", "excon.cli", "--help"], capture_output=True, text=True, check=True
+    ).stdout
     for stage in STAGES:
         assert stage in out
 

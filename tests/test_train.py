@@ -73,8 +73,12 @@ def test_refuses_to_overwrite_or_resume_with_other_params(prepared, tiny_config,
     with pytest.raises(ResumeError, match="pass --resume"):
         pretrain(cfg, prepared, tmp_path / "run")
     with pytest.raises(ResumeError, match=r"other parameters \(optim\.lr\)"):
-        pretrain(tiny_config("method.name=ce", "train.epochs=1", "optim.lr=0.1"), prepared,
-                 tmp_path / "run", resume=True)
+        pretrain(
+            tiny_config("method.name=ce", "train.epochs=1", "optim.lr=0.1"),
+            prepared,
+            tmp_path / "run",
+            resume=True,
+        )
     # Resuming a finished run is a no-op that rewrites the same final model.
     before = _weights(tmp_path / "run")
     pretrain(cfg, prepared, tmp_path / "run", resume=True)
@@ -104,7 +108,9 @@ def test_lr_schedule_matches_supcontrast():
     eta_min = 0.5e-3
 
     def cosine(e):
-        return eta_min + (0.5 - eta_min) * (1 + torch.cos(torch.tensor(torch.pi * e / 10)).item()) / 2
+        return (
+            eta_min + (0.5 - eta_min) * (1 + torch.cos(torch.tensor(torch.pi * e / 10)).item()) / 2
+        )
 
     last_warm = epoch_lr(warm, 1, 4, 5)
     assert 0.01 < last_warm < cosine(2)

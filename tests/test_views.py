@@ -15,8 +15,10 @@ def test_standard_view_is_only_normalisation():
     imgs = _images()
     ds = ViewDataset(imgs, np.arange(8), ["standard"], [0.5, 0.4, 0.3], [0.2, 0.25, 0.3])
     (view,), label = ds[3]
-    want = (torch.from_numpy(imgs[3]).permute(2, 0, 1).float() / 255 - torch.tensor(
-        [0.5, 0.4, 0.3])[:, None, None]) / torch.tensor([0.2, 0.25, 0.3])[:, None, None]
+    want = (
+        torch.from_numpy(imgs[3]).permute(2, 0, 1).float() / 255
+        - torch.tensor([0.5, 0.4, 0.3])[:, None, None]
+    ) / torch.tensor([0.2, 0.25, 0.3])[:, None, None]
     assert torch.allclose(view, want, atol=1e-6)
     assert label == 3
 
@@ -47,10 +49,15 @@ def test_loader_replays_an_epoch_from_seed_and_epoch():
 
     def epoch_batches(epoch):
         torch.manual_seed(epoch)
-        return [(v[0].clone(), y.clone()) for v, y in make_loader(ds, 4, train=True, seed=1, epoch=epoch)]
+        return [
+            (v[0].clone(), y.clone())
+            for v, y in make_loader(ds, 4, train=True, seed=1, epoch=epoch)
+        ]
 
     a, b, c = epoch_batches(2), epoch_batches(2), epoch_batches(3)
-    assert all(torch.equal(x[0], y[0]) and torch.equal(x[1], y[1]) for x, y in zip(a, b, strict=True))
+    assert all(
+        torch.equal(x[0], y[0]) and torch.equal(x[1], y[1]) for x, y in zip(a, b, strict=True)
+    )
     assert not all(torch.equal(x[1], y[1]) for x, y in zip(a, c, strict=True))
 
 

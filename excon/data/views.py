@@ -26,7 +26,10 @@ def build_transform(
     normalize = [v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(mean), list(std))]
     if kind == "standard":
         return v2.Compose([v2.Resize(list(size), antialias=True), *normalize])
-    crop = [v2.RandomResizedCrop(list(size), scale=(0.2, 1.0), antialias=True), v2.RandomHorizontalFlip()]
+    crop = [
+        v2.RandomResizedCrop(list(size), scale=(0.2, 1.0), antialias=True),
+        v2.RandomHorizontalFlip(),
+    ]
     if kind == "ce":
         return v2.Compose([*crop, *normalize])
     if kind == "random":
@@ -55,7 +58,9 @@ class ViewDataset(Dataset):
         std: Sequence[float],
     ) -> None:
         if images.ndim != 4 or images.dtype != np.uint8:
-            raise ValueError(f"images must be uint8 [N, H, W, C], got {images.dtype} {images.shape}")
+            raise ValueError(
+                f"images must be uint8 [N, H, W, C], got {images.dtype} {images.shape}"
+            )
         self.images = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2)
         self.labels = torch.from_numpy(np.asarray(labels, dtype=np.int64))
         size = (self.images.shape[2], self.images.shape[3])

@@ -1,0 +1,1 @@
+"""Readers of the original dataset formats; each returns a RawDataset."""
