@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 import time
 from collections.abc import Callable
@@ -82,9 +83,17 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
 
     cfg = _config(args, [f"method.name={args.method}"] if args.method else [])
     out = run_dir(cfg, args.run_dir)
+    if args.fresh:
+        _remove_run(out)
     summary = pretrain(cfg, data_dir(cfg, args.data), out, resume=args.resume)
     print(f"trained {cfg.method.name} -> {out}: val/top1 {summary['val/top1']:.4f}")
     return 0
+
+
+def _remove_run(path: Path) -> None:
+    if (path / "checkpoint.pt").exists() or (path / "model.json").exists():
+        print(f"--fresh: removing the previous run in {path}", file=sys.stderr)
+        shutil.rmtree(path)
 
 
 def cmd_probe(args: argparse.Namespace) -> int:
@@ -108,7 +117,11 @@ def format_table(rows: list[dict[str, Any]]) -> str:
 
 
 def cmd_study(args: argparse.Namespace) -> int:
-    """prepare (if needed) -> pretrain each method -> probe -> table."""
+    """prepare (if needed) -> pretrain each method -> probe -> table.
+
+    Runs already in place are resumed (a finished one is reused as it is), so a second
+    `make run` only re-probes; --fresh starts every method over.
+    """
     from excon import artifacts
     from excon.probe import probe
     from excon.train import pretrain
@@ -125,11 +138,11 @@ def cmd_study(args: argparse.Namespace) -> int:
     for method in args.methods:
         mcfg = _config(args, [f"method.name={method}"])
         out = run_dir(mcfg, None)
-        start = time.perf_counter()
-        pretrain(mcfg, data, out, resume=args.resume)
-        seconds = time.perf_counter() - start
+        if args.fresh:
+            _remove_run(out)
+        summary = pretrain(mcfg, data, out, resume=True)
         metrics = probe(mcfg, data, out)
-        rows.append({"method": method, "train_seconds": seconds, **metrics})
+        rows.append({"method": method, "train_seconds": summary["train_seconds"], **metrics})
     table = format_table(rows)
     print(table)
     artifacts.write_json(Path(cfg.train.runs_dir) / cfg.data.dataset / "study.json", rows)
@@ -164,6 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--run-dir", help="output directory (default: <train.runs_dir>/<dataset>/<method>)"
     )
     p.add_argument("--resume", action="store_true", help="continue from the run's checkpoint.pt")
+    p.add_argument("--fresh", action="store_true", help="delete an existing run and start over")
 
     p = stage("probe", cmd_probe, "linear probe on the frozen encoder; writes metrics.json")
     p.add_argument("--method", choices=METHODS, help="overrides method.name")
@@ -173,7 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = stage("study", cmd_study, "prepare, pre-train and probe several methods; print a table")
     p.add_argument("--methods", nargs="+", default=["ce", "supcon"], choices=METHODS)
-    p.add_argument("--resume", action="store_true", help="continue runs that have a checkpoint")
+    p.add_argument("--fresh", action="store_true", help="delete existing runs and start over")
     return parser
 
 

@@ -103,9 +103,10 @@ class Config:
 _POSITIVE = (lambda v: v > 0, "> 0")
 _NON_NEGATIVE = (lambda v: v >= 0, ">= 0")
 _FRACTION = (lambda v: 0 <= v < 1, "in [0, 1)")
+_OPEN_FRACTION = (lambda v: 0 < v < 1, "in (0, 1)")
 _RULES: dict[str, tuple[typing.Callable[[Any], bool], str]] = {
     "data.image_size": (lambda v: v >= 8, ">= 8"),
-    "data.val_fraction": _FRACTION,
+    "data.val_fraction": _OPEN_FRACTION,
     "data.test_fraction": _FRACTION,
     "data.limit_per_class": (lambda v: v is None or v > 0, "> 0 or null"),
     "data.num_workers": _NON_NEGATIVE,

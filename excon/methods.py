@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from excon.config import MethodConfig
+from excon.config import ConfigError, MethodConfig
 from excon.losses import supcon_loss
 from excon.models import ExConNet
 
@@ -73,5 +73,5 @@ METHODS: dict[str, Method] = {
 
 def get_method(name: str) -> Method:
     if name not in METHODS:
-        raise ValueError(f"method {name!r} is not available (allowed: {', '.join(METHODS)})")
+        raise ConfigError(f"method.name={name!r} is not available (allowed: {', '.join(METHODS)})")
     return METHODS[name]

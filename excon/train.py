@@ -89,14 +89,14 @@ def autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContextM
 
 
 def _progress(iterable: Any, total: int, desc: str) -> tqdm:
-    # On a terminal a live bar; in logs (DVC, CI, pods) a line every 30 s at most.
-    tty = sys.stderr.isatty()
+    # A live bar on a terminal only; in logs (DVC, CI, pods) the per-epoch line printed by
+    # `pretrain` is the progress record, without carriage-return clutter.
     return tqdm(
         iterable,
         total=total,
         desc=desc,
         leave=False,
-        mininterval=0.1 if tty else 30.0,
+        disable=not sys.stderr.isatty(),
         dynamic_ncols=True,
     )
 
@@ -254,7 +254,7 @@ def pretrain(cfg: Config, data_dir: str | Path, run_dir: str | Path, resume: boo
     if ckpt_path.exists():
         if not resume:
             raise ResumeError(
-                f"{ckpt_path} exists; pass --resume to continue it or remove {run_dir} to restart"
+                f"{ckpt_path} exists; pass --resume to continue it, or --fresh to start over"
             )
         ckpt = artifacts.load_checkpoint(ckpt_path)
         changed = [
@@ -290,6 +290,7 @@ def pretrain(cfg: Config, data_dir: str | Path, run_dir: str | Path, resume: boo
         # Global RNG re-seeded per epoch: augmentations in the main process replay after resume.
         torch.manual_seed(cfg.train.seed * 100_003 + epoch)
         loader = make_loader(train_ds, cfg.train.batch_size, train=True, epoch=epoch, **kw)
+        epoch_start = time.perf_counter()
         row: dict[str, Any] = {"epoch": epoch + 1}
         row.update(train_one_epoch(model, method, cfg, optimizer, loader, device, epoch))
         if head_optimizer is not None:
@@ -298,6 +299,7 @@ def pretrain(cfg: Config, data_dir: str | Path, run_dir: str | Path, resume: boo
         row.update(
             {f"val/{k}": v for k, v in evaluate(model, val_loader, device, cfg.train.amp).items()}
         )
+        row["time/epoch_s"] = time.perf_counter() - epoch_start
         history.append(row)
         artifacts.save_checkpoint(
             ckpt_path,
@@ -335,6 +337,11 @@ def pretrain(cfg: Config, data_dir: str | Path, run_dir: str | Path, resume: boo
         },
     )
     artifacts.save_model(run_dir, model, meta)
-    summary = {"method": method.name, "epochs": cfg.train.epochs, **history[-1]}
+    summary = {
+        "method": method.name,
+        "epochs": cfg.train.epochs,
+        "train_seconds": sum(r["time/epoch_s"] for r in history),
+        **history[-1],
+    }
     artifacts.write_json(run_dir / SUMMARY, summary)
     return summary

@@ -1,3 +1,4 @@
+import json
 import subprocess
 import sys
 
@@ -48,4 +49,14 @@ def test_study_end_to_end(prepared, tiny_overrides, tmp_path, monkeypatch, capsy
     assert main(["study", *sets, "--methods", "ce", "supcon"]) == 0
     out = capsys.readouterr().out
     assert "ce " in out and "supcon " in out and "test/top1" in out
-    assert (tmp_path / "runs" / "animals" / "study.json").is_file()
+    rows = json.loads((tmp_path / "runs" / "animals" / "study.json").read_text())
+    assert [r["method"] for r in rows] == ["ce", "supcon"]
+    # A second study reuses the finished runs (same weights, same probe) instead of failing.
+    assert main(["study", *sets, "--methods", "ce", "supcon"]) == 0
+    assert "resuming" in capsys.readouterr().err
+    again = json.loads((tmp_path / "runs" / "animals" / "study.json").read_text())
+    assert [r["test/top1"] for r in again] == [r["test/top1"] for r in rows]
+    # Changed parameters are refused with the key named, and --fresh starts over.
+    assert main(["study", *sets, "--set", "optim.lr=0.2", "--methods", "ce"]) == 2
+    assert "other parameters (optim.lr)" in capsys.readouterr().err
+    assert main(["study", *sets, "--set", "optim.lr=0.2", "--methods", "ce", "--fresh"]) == 0

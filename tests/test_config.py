@@ -37,7 +37,7 @@ def test_yaml_and_overrides(tmp_path):
         ("train.amp=1", r"train\.amp: got 1, expected bool"),
         ("model.arch=vgg", r"model\.arch: got 'vgg', expected one of 'resnet18', 'resnet50'"),
         ("method.name=byol", r"method\.name: got 'byol', expected one of 'ce', 'supcon', 'excon'"),
-        ("data.val_fraction=1.5", r"data\.val_fraction: got 1\.5, must be in \[0, 1\)"),
+        ("data.val_fraction=1.5", r"data\.val_fraction: got 1\.5, must be in \(0, 1\)"),
         ("optim.lr=-1", r"optim\.lr: got -1\.0, must be > 0"),
         ("probe.lrs=[]", r"probe\.lrs: got \[\], must be a non-empty list"),
         ("train.batch_size=1", r"train\.batch_size: got 1, must be >= 2"),

@@ -2,7 +2,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from excon.config import MethodConfig
+from excon.config import ConfigError, MethodConfig
 from excon.losses import supcon_loss
 from excon.methods import METHODS, ce_step, get_method, supcon_step
 from excon.models import ExConNet
@@ -17,7 +17,7 @@ def net():
 def test_views_per_method():
     assert METHODS["ce"].views == ("ce",)
     assert METHODS["supcon"].views == ("random", "random")
-    with pytest.raises(ValueError, match="allowed: ce, supcon"):
+    with pytest.raises(ConfigError, match="allowed: ce, supcon"):
         get_method("byol")
 
 

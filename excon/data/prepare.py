@@ -2,6 +2,7 @@
 
 from pathlib import Path
 
+from excon.config import DATASETS
 from excon.data.errors import DataError
 from excon.data.prepared import SPLITS, RawDataset, write_prepared
 from excon.data.sources.animals import read_animals
@@ -10,7 +11,6 @@ from excon.data.sources.imagefolder import read_imagefolder
 from excon.data.sources.tinyimagenet import download_tinyimagenet, read_tinyimagenet
 from excon.data.splits import subsample_per_class
 
-DATASETS = ("animals", "cifar100", "tinyimagenet", "imagefolder")
 # Where downloads go (and are looked for) when no raw_dir is given; relative to the
 # working directory, which is the repository root for DVC stages.
 DEFAULT_RAW_ROOT = Path("data/raw")
