@@ -54,6 +54,14 @@ class MethodConfig:
     # "epoch"  - one pass on detached features after each encoder epoch (reference behaviour);
     # "online" - in the same step, on detached features of the first view (no extra pass).
     head_training: Literal["epoch", "online"] = "epoch"
+    # ExCon (faithful defaults from the authors' code):
+    tau: float = 0.5  # normalised Grad-CAM value at or below which a pixel is masked
+    exp_epochs: int = 0  # masking starts at (1-based) epoch exp_epochs; SupCon before
+    negative_pair: bool = True  # rejected masked images join the batch as background negatives
+    background_anchor: bool = False  # False: backgrounds are negatives only; True: one class
+    gradcam_layer: str | None = None  # None: the reference's layer for the arch and image size
+    relu_attributions: bool = False
+    grid_images: int = 8  # val images in the per-epoch saliency grid PNG (0: none)
 
 
 @dataclass
@@ -114,6 +122,9 @@ _RULES: dict[str, tuple[typing.Callable[[Any], bool], str]] = {
     "model.proj_dim": _POSITIVE,
     "method.temperature": _POSITIVE,
     "method.base_temperature": _POSITIVE,
+    "method.tau": (lambda v: 0 <= v < 1, "in [0, 1)"),
+    "method.exp_epochs": _NON_NEGATIVE,
+    "method.grid_images": (lambda v: 0 <= v <= 64, "in [0, 64]"),
     "optim.lr": _POSITIVE,
     "optim.momentum": (lambda v: 0 <= v < 1, "in [0, 1)"),
     "optim.weight_decay": _NON_NEGATIVE,

@@ -10,6 +10,7 @@ def supcon_loss(
     labels: torch.Tensor | None = None,
     temperature: float = 0.1,
     base_temperature: float = 0.07,
+    background: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Supervised contrastive loss L_out (Khosla et al. 2020), equal to HobbitLong's SupConLoss
     with `contrast_mode='all'`.
@@ -20,6 +21,11 @@ def supcon_loss(
         temperature: softmax temperature.
         base_temperature: the loss is scaled by temperature / base_temperature, as in the
             reference code (0.07 there), so reported values are comparable.
+        background: optional [batch] bool, ExCon's background negatives with
+            `background_anchor=0`: they are never positives and never anchors, only negatives in
+            every denominator; the mean is over the other anchors (the reference's
+            `* batch_size / actual_bsz`). Leave it None to treat backgrounds as one more class
+            (`background_anchor=1`).
 
     Every view of every sample is an anchor; its positives are all other views with the same
     label. An anchor with no positive contributes 0 (no NaN) but still counts in the mean, as in
@@ -47,9 +53,17 @@ def supcon_loss(
     )
 
     positives = (y[:, None] == y[None, :]) & ~self_mask
+    if background is not None:
+        if background.shape != (batch,):
+            raise ValueError(f"background must have shape [{batch}], got {tuple(background.shape)}")
+        real = ~background.repeat(views)
+        positives &= real[:, None] & real[None, :]
     pos_count = positives.sum(1)
     sum_log_prob_pos = torch.where(positives, log_prob, torch.zeros_like(log_prob)).sum(1)
     mean_log_prob_pos = sum_log_prob_pos / pos_count.clamp(min=1)
 
     loss = -(temperature / base_temperature) * mean_log_prob_pos
+    if background is not None:
+        # Background anchors have no positives (loss 0); average over the real anchors only.
+        return loss.sum() / real.sum().clamp(min=1)
     return loss.mean()

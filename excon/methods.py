@@ -1,4 +1,4 @@
-"""One training step per method: the only place where ce, supcon (and excon) differ.
+"""One training step per method: the only place where ce, supcon and excon differ.
 
 A step takes the batch of views the method asked for (`Method.views`) and returns the loss to
 back-propagate plus a few numbers for logging. The loop in `train.py` knows nothing else about
@@ -16,6 +16,15 @@ import torch.nn.functional as F
 from excon.config import ConfigError, MethodConfig
 from excon.losses import supcon_loss
 from excon.models import ExConNet
+from excon.saliency import GradCam, keep_mask, mask_images
+
+
+@dataclass
+class StepContext:
+    cfg: MethodConfig
+    epoch: int = 0  # 0-based
+    num_classes: int = 0
+    gradcam: GradCam | None = None  # excon only
 
 
 @dataclass
@@ -24,7 +33,7 @@ class StepOutput:
     stats: dict[str, torch.Tensor]  # detached scalars, averaged per epoch by the loop
 
 
-StepFn = Callable[[ExConNet, list[torch.Tensor], torch.Tensor, MethodConfig], StepOutput]
+StepFn = Callable[[ExConNet, list[torch.Tensor], torch.Tensor, StepContext], StepOutput]
 
 
 @dataclass(frozen=True)
@@ -36,10 +45,11 @@ class Method:
     # auxiliary head trained on detached features (needed by ExCon's Grad-CAM, and a free
     # online accuracy for supcon).
     head_in_objective: bool
+    uses_saliency: bool = False  # needs a GradCam in its StepContext
 
 
 def ce_step(
-    model: ExConNet, views: list[torch.Tensor], labels: torch.Tensor, cfg: MethodConfig
+    model: ExConNet, views: list[torch.Tensor], labels: torch.Tensor, ctx: StepContext
 ) -> StepOutput:
     logits = model(views[0])
     loss = F.cross_entropy(logits, labels)
@@ -47,27 +57,117 @@ def ce_step(
     return StepOutput(loss, {"loss": loss.detach(), "head_acc": acc.detach()})
 
 
-def supcon_step(
-    model: ExConNet, views: list[torch.Tensor], labels: torch.Tensor, cfg: MethodConfig
+def contrastive_step(
+    model: ExConNet,
+    views: list[torch.Tensor],
+    labels: torch.Tensor,
+    cfg: MethodConfig,
+    background: torch.Tensor | None = None,
 ) -> StepOutput:
+    """SupCon on `views` (each [B', ...]) with `labels` [B']. `background` marks ExCon's
+    background negatives: excluded as anchors and positives unless `cfg.background_anchor`
+    (then they are one more class). The online head (if on) sees real samples of view 1 only."""
     batch = labels.shape[0]
     h = model.encoder(torch.cat(views))  # one forward for all views: BN sees the whole batch
     z = model.projector(h).view(len(views), batch, -1).transpose(0, 1)
-    loss = supcon_loss(z, labels, cfg.temperature, cfg.base_temperature)
+    negatives_only = None if cfg.background_anchor else background
+    loss = supcon_loss(z, labels, cfg.temperature, cfg.base_temperature, negatives_only)
     stats = {"loss": loss.detach(), "contrastive_loss": loss.detach()}
     if cfg.head_training == "online":
         # Detached features: the head learns from the encoder but never shapes it.
-        logits = model.classifier(h[:batch].detach())
-        head_loss = F.cross_entropy(logits, labels)
+        real = slice(None) if background is None else ~background
+        logits = model.classifier(h[:batch][real].detach())
+        head_loss = F.cross_entropy(logits, labels[real])
         stats["head_loss"] = head_loss.detach()
-        stats["head_acc"] = (logits.argmax(1) == labels).float().mean().detach()
+        stats["head_acc"] = (logits.argmax(1) == labels[real]).float().mean().detach()
         loss = loss + head_loss
     return StepOutput(loss, stats)
+
+
+def supcon_step(
+    model: ExConNet, views: list[torch.Tensor], labels: torch.Tensor, ctx: StepContext
+) -> StepOutput:
+    return contrastive_step(model, views, labels, ctx.cfg)
+
+
+def masking_active(cfg: MethodConfig, epoch: int) -> bool:
+    """The reference counts epochs from 1 and masks when `epoch >= exp_epochs`."""
+    return epoch + 1 >= cfg.exp_epochs
+
+
+@dataclass
+class ExConViews:
+    view1: torch.Tensor  # masked image where accepted, else the spare random view (+ backgrounds)
+    view2: torch.Tensor  # the random view (+ backgrounds)
+    labels: torch.Tensor  # true labels (+ num_classes for each background)
+    background: torch.Tensor  # bool, True for the appended background negatives
+    accepted: torch.Tensor  # bool [B], masked view accepted
+    masked: torch.Tensor  # the masked standard views [B, ...]
+    saliency: torch.Tensor  # Grad-CAM maps [B, 1, H, W]
+
+
+def excon_views(
+    model: ExConNet,
+    standard: torch.Tensor,
+    random: torch.Tensor,
+    spare: torch.Tensor,
+    labels: torch.Tensor,
+    ctx: StepContext,
+) -> ExConViews:
+    """Build ExCon's two contrastive views from [standard, random, spare] as the reference does:
+    Grad-CAM of the true class on the standard view -> mask -> the head classifies the masked
+    image -> accepted: view 1 = masked; rejected: view 1 = spare, and with `negative_pair` the
+    masked image is appended to both views with the background label `num_classes`.
+
+    All tensor operations: one device-to-host sync per batch (the number of backgrounds sets the
+    batch size), none per sample. The reference also classifies the unmasked image, but no
+    branch of its selection depends on that prediction, so it is not computed here.
+    """
+    cfg, gradcam = ctx.cfg, ctx.gradcam
+    if gradcam is None:
+        raise ValueError("excon step needs a GradCam in its StepContext")
+    saliency = gradcam(standard, labels)  # in the model's current (train) mode, as the reference
+    masked = mask_images(standard, keep_mask(saliency, cfg.tau))
+    with torch.no_grad():
+        accepted = model(masked).argmax(1) == labels
+    view1 = torch.where(accepted[:, None, None, None], masked, spare)
+    view2, out_labels = random, labels
+    background = torch.zeros_like(labels, dtype=torch.bool)
+    if cfg.negative_pair:
+        rejected = masked[~accepted]  # order of the batch, as the reference's loop appends
+        n = rejected.shape[0]
+        view1 = torch.cat([view1, rejected])
+        view2 = torch.cat([view2, rejected])
+        out_labels = torch.cat([labels, labels.new_full((n,), ctx.num_classes)])
+        background = torch.cat([background, background.new_ones(n)])
+    return ExConViews(view1, view2, out_labels, background, accepted, masked, saliency)
+
+
+def excon_step(
+    model: ExConNet, views: list[torch.Tensor], labels: torch.Tensor, ctx: StepContext
+) -> StepOutput:
+    standard, random, spare = views
+    if not masking_active(ctx.cfg, ctx.epoch):
+        # Before exp_epochs ExCon is SupCon on the two random views (the reference's
+        # `images[0] = images[2]`); the standard view is drawn but unused.
+        return contrastive_step(model, [spare, random], labels, ctx.cfg)
+    v = excon_views(model, standard, random, spare, labels, ctx)
+    out = contrastive_step(model, [v.view1, v.view2], v.labels, ctx.cfg, v.background)
+    out.stats["accept_rate"] = v.accepted.float().mean().detach()
+    out.stats["backgrounds"] = v.background.sum().float().detach()
+    return out
 
 
 METHODS: dict[str, Method] = {
     "ce": Method("ce", ("ce",), ce_step, head_in_objective=True),
     "supcon": Method("supcon", ("random", "random"), supcon_step, head_in_objective=False),
+    "excon": Method(
+        "excon",
+        ("standard", "random", "random"),
+        excon_step,
+        head_in_objective=False,
+        uses_saliency=True,
+    ),
 }
 
 

@@ -22,8 +22,10 @@ from excon import artifacts
 from excon.config import Config, ConfigError
 from excon.data.prepared import load_prepared
 from excon.data.views import ViewDataset, make_loader
-from excon.methods import Method, get_method
+from excon.methods import Method, StepContext, get_method
 from excon.models import ExConNet
+from excon.plots import save_saliency_grid
+from excon.saliency import GradCam, default_layer, keep_mask, mask_images
 
 CHECKPOINT = "checkpoint.pt"
 METRICS_LOG = "metrics.jsonl"
@@ -105,6 +107,7 @@ def train_one_epoch(
     model: ExConNet,
     method: Method,
     cfg: Config,
+    ctx: StepContext,
     optimizer: torch.optim.Optimizer,
     loader: torch.utils.data.DataLoader,
     device: torch.device,
@@ -126,7 +129,7 @@ def train_one_epoch(
         views = [v.to(device, non_blocking=True) for v in views]
         labels = labels.to(device, non_blocking=True)
         with autocast(device, cfg.train.amp):
-            out = method.step(model, views, labels, cfg.method)
+            out = method.step(model, views, labels, ctx)
         optimizer.zero_grad(set_to_none=True)
         out.loss.backward()
         optimizer.step()
@@ -203,6 +206,52 @@ def evaluate(
     return {"loss": loss_sum / seen, "top1": top1 / seen, "top5": top5 / seen}
 
 
+def write_saliency_grid(
+    path: Path,
+    model: ExConNet,
+    gradcam: GradCam,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    cfg: Config,
+    class_names: list[str],
+    mean: list[float],
+    std: list[float],
+    title: str,
+) -> None:
+    """The per-epoch picture of ExCon's masking on fixed val images. Computed in eval mode so
+    that looking at val images never changes BatchNorm statistics."""
+    was_training = model.training
+    model.eval()
+    maps = gradcam(images, labels)
+    masked = mask_images(images, keep_mask(maps, cfg.method.tau))
+    with torch.no_grad():
+        predicted = model(masked).argmax(1)
+    save_saliency_grid(
+        path,
+        images,
+        maps,
+        masked,
+        predicted == labels,
+        labels,
+        predicted,
+        class_names,
+        mean,
+        std,
+        title,
+    )
+    model.train(was_training)
+
+
+def _grid_indices(labels: np.ndarray, n: int) -> np.ndarray:
+    """First image of each class in turn (round-robin), n in all: a fixed, varied set."""
+    order = np.argsort(labels, kind="stable")
+    ranks = np.empty_like(order)
+    for c in np.unique(labels):
+        idx = order[labels[order] == c]
+        ranks[idx] = np.arange(len(idx))
+    return np.lexsort((labels, ranks))[:n]
+
+
 def _rng_state() -> dict[str, Any]:
     state = {"torch": torch.get_rng_state(), "python": random.getstate()}
     if torch.cuda.is_available():
@@ -274,6 +323,20 @@ def pretrain(cfg: Config, data_dir: str | Path, run_dir: str | Path, resume: boo
         start_epoch, history = ckpt["epoch"], ckpt["history"]
         print(f"resuming {run_dir} after epoch {start_epoch}", file=sys.stderr)
 
+    gradcam, grid = None, None
+    if method.uses_saliency:
+        layer = cfg.method.gradcam_layer or default_layer(cfg.model.arch, max(data.image_size))
+        gradcam = GradCam(model, layer, cfg.method.relu_attributions)
+        if cfg.method.grid_images > 0:
+            idx = _grid_indices(val_split.labels, cfg.method.grid_images)
+            grid_ds = ViewDataset(
+                val_split.images[idx], val_split.labels[idx], ["standard"], data.mean, data.std
+            )
+            grid = (
+                torch.stack([grid_ds[i][0][0] for i in range(len(idx))]).to(device),
+                torch.from_numpy(val_split.labels[idx]).to(device),
+            )
+
     kw = {
         "seed": cfg.train.seed,
         "num_workers": cfg.data.num_workers,
@@ -292,7 +355,8 @@ def pretrain(cfg: Config, data_dir: str | Path, run_dir: str | Path, resume: boo
         loader = make_loader(train_ds, cfg.train.batch_size, train=True, epoch=epoch, **kw)
         epoch_start = time.perf_counter()
         row: dict[str, Any] = {"epoch": epoch + 1}
-        row.update(train_one_epoch(model, method, cfg, optimizer, loader, device, epoch))
+        ctx = StepContext(cfg.method, epoch, data.num_classes, gradcam)
+        row.update(train_one_epoch(model, method, cfg, ctx, optimizer, loader, device, epoch))
         if head_optimizer is not None:
             head_loader = make_loader(head_ds, cfg.train.batch_size, train=True, epoch=epoch, **kw)
             row.update(train_head_one_epoch(model, cfg, head_optimizer, head_loader, device, epoch))
@@ -300,6 +364,19 @@ def pretrain(cfg: Config, data_dir: str | Path, run_dir: str | Path, resume: boo
             {f"val/{k}": v for k, v in evaluate(model, val_loader, device, cfg.train.amp).items()}
         )
         row["time/epoch_s"] = time.perf_counter() - epoch_start
+        if grid is not None and gradcam is not None:
+            write_saliency_grid(
+                run_dir / "saliency" / f"epoch_{epoch + 1:03d}.png",
+                model,
+                gradcam,
+                *grid,
+                cfg,
+                data.class_names,
+                data.mean,
+                data.std,
+                title=f"{method.name} epoch {epoch + 1}: Grad-CAM at {gradcam.layer_name}, "
+                f"tau {cfg.method.tau}",
+            )
         history.append(row)
         artifacts.save_checkpoint(
             ckpt_path,

@@ -4,7 +4,7 @@ import torch.nn.functional as F
 
 from excon.config import ConfigError, MethodConfig
 from excon.losses import supcon_loss
-from excon.methods import METHODS, ce_step, get_method, supcon_step
+from excon.methods import METHODS, StepContext, ce_step, get_method, supcon_step
 from excon.models import ExConNet
 
 
@@ -17,7 +17,7 @@ def net():
 def test_views_per_method():
     assert METHODS["ce"].views == ("ce",)
     assert METHODS["supcon"].views == ("random", "random")
-    with pytest.raises(ConfigError, match="allowed: ce, supcon"):
+    with pytest.raises(ConfigError, match="allowed: ce, supcon, excon"):
         get_method("byol")
 
 
@@ -25,7 +25,7 @@ def test_supcon_step_is_the_loss_on_stacked_views(net):
     views = [torch.randn(4, 1, 16, 16), torch.randn(4, 1, 16, 16)]
     y = torch.tensor([0, 1, 0, 2])
     net.eval()  # BN in eval: the same features whichever way the views are batched
-    out = supcon_step(net, views, y, MethodConfig(head_training="epoch"))
+    out = supcon_step(net, views, y, StepContext(MethodConfig(head_training="epoch")))
     z = torch.stack([net.projector(net.encoder(v)) for v in views], dim=1)
     assert torch.allclose(out.loss, supcon_loss(z, y, 0.1, 0.07), atol=1e-5)
     assert "head_loss" not in out.stats
@@ -34,10 +34,10 @@ def test_supcon_step_is_the_loss_on_stacked_views(net):
 def test_online_head_loss_does_not_reach_the_encoder(net):
     views = [torch.randn(4, 1, 16, 16), torch.randn(4, 1, 16, 16)]
     y = torch.tensor([0, 1, 0, 2])
-    supcon_step(net, views, y, MethodConfig(head_training="epoch")).loss.backward()
+    supcon_step(net, views, y, StepContext(MethodConfig(head_training="epoch"))).loss.backward()
     plain = {n: p.grad.clone() for n, p in net.encoder.named_parameters()}
     net.zero_grad(set_to_none=True)
-    out = supcon_step(net, views, y, MethodConfig(head_training="online"))
+    out = supcon_step(net, views, y, StepContext(MethodConfig(head_training="online")))
     assert out.loss > out.stats["contrastive_loss"]
     out.loss.backward()
     assert net.classifier.weight.grad.abs().sum() > 0
@@ -47,6 +47,6 @@ def test_online_head_loss_does_not_reach_the_encoder(net):
 
 def test_ce_step(net):
     x, y = torch.randn(4, 1, 16, 16), torch.tensor([0, 1, 2, 0])
-    out = ce_step(net, [x], y, MethodConfig())
+    out = ce_step(net, [x], y, StepContext(MethodConfig()))
     net.train()
     assert out.loss.item() == pytest.approx(F.cross_entropy(net(x), y).item(), rel=1e-4)

@@ -1,0 +1,61 @@
+"""Figures written during training (matplotlib, headless)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # no display on servers, CI or pods
+import matplotlib.pyplot as plt
+import torch
+
+from excon.artifacts import atomic_path
+
+
+def denormalise(images: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+    """Normalised [B, C, H, W] -> [B, H, W, C] in [0, 1] for display."""
+    m = torch.tensor(mean, dtype=images.dtype, device=images.device)[:, None, None]
+    s = torch.tensor(std, dtype=images.dtype, device=images.device)[:, None, None]
+    return (images * s + m).clamp(0, 1).permute(0, 2, 3, 1).cpu()
+
+
+def save_saliency_grid(
+    path: str | Path,
+    images: torch.Tensor,
+    maps: torch.Tensor,
+    masked: torch.Tensor,
+    accepted: torch.Tensor,
+    labels: torch.Tensor,
+    predicted: torch.Tensor,
+    class_names: Sequence[str],
+    mean: Sequence[float],
+    std: Sequence[float],
+    title: str = "",
+) -> None:
+    """One row per image: the image, its Grad-CAM map, the masked image, and whether the head
+    accepted the masked view (predicted the true class on it)."""
+    n = images.shape[0]
+    shown = denormalise(images, mean, std)
+    shown_masked = denormalise(masked, mean, std)
+    cmap = "gray" if shown.shape[-1] == 1 else None
+    fig, axes = plt.subplots(n, 3, figsize=(6, 2 * n), squeeze=False)
+    for i in range(n):
+        ax_img, ax_map, ax_mask = axes[i]
+        ax_img.imshow(shown[i].squeeze(-1) if cmap else shown[i], cmap=cmap)
+        ax_img.set_title(class_names[int(labels[i])], fontsize=8)
+        ax_map.imshow(maps[i, 0].cpu(), cmap="jet")
+        ax_map.set_title("Grad-CAM", fontsize=8)
+        ax_mask.imshow(shown_masked[i].squeeze(-1) if cmap else shown_masked[i], cmap=cmap)
+        ok = bool(accepted[i])
+        verdict = "accepted" if ok else f"rejected: {class_names[int(predicted[i])]}"
+        ax_mask.set_title(verdict, fontsize=8, color="green" if ok else "red")
+        for ax in axes[i]:
+            ax.axis("off")
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=80)
+    plt.close(fig)
