@@ -18,7 +18,7 @@ def denormalise(images: torch.Tensor, mean: Sequence[float], std: Sequence[float
     """Normalised [B, C, H, W] -> [B, H, W, C] in [0, 1] for display."""
     m = torch.tensor(mean, dtype=images.dtype, device=images.device)[:, None, None]
     s = torch.tensor(std, dtype=images.dtype, device=images.device)[:, None, None]
-    return (images * s + m).clamp(0, 1).permute(0, 2, 3, 1).cpu()
+    return (images * s + m).clamp(0, 1).permute(0, 2, 3, 1).float().cpu()
 
 
 def save_saliency_grid(
@@ -37,15 +37,17 @@ def save_saliency_grid(
     """One row per image: the image, its Grad-CAM map, the masked image, and whether the head
     accepted the masked view (predicted the true class on it)."""
     n = images.shape[0]
-    shown = denormalise(images, mean, std)
-    shown_masked = denormalise(masked, mean, std)
+    # numpy for matplotlib (it warns on tensors)
+    shown = denormalise(images, mean, std).numpy()
+    shown_masked = denormalise(masked, mean, std).numpy()
+    maps = maps.float().cpu().numpy()
     cmap = "gray" if shown.shape[-1] == 1 else None
     fig, axes = plt.subplots(n, 3, figsize=(6, 2 * n), squeeze=False)
     for i in range(n):
         ax_img, ax_map, ax_mask = axes[i]
         ax_img.imshow(shown[i].squeeze(-1) if cmap else shown[i], cmap=cmap)
         ax_img.set_title(class_names[int(labels[i])], fontsize=8)
-        ax_map.imshow(maps[i, 0].cpu(), cmap="jet")
+        ax_map.imshow(maps[i, 0], cmap="jet")
         ax_map.set_title("Grad-CAM", fontsize=8)
         ax_mask.imshow(shown_masked[i].squeeze(-1) if cmap else shown_masked[i], cmap=cmap)
         ok = bool(accepted[i])

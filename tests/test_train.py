@@ -19,6 +19,7 @@ def _weights(run_dir):
         ("method.name=supcon",),  # head trained in its own epoch, two optimisers
         ("method.name=supcon", "method.head_training=online"),
         ("method.name=ce", "optim.warmup_epochs=1"),
+        ("method.name=excon", "method.exp_epochs=2"),  # SupCon epoch 1, masking from epoch 2
     ],
 )
 def test_resume_gives_the_same_weights(prepared, tiny_config, tmp_path, monkeypatch, overrides):
@@ -116,3 +117,15 @@ def test_lr_schedule_matches_supcontrast():
     assert 0.01 < last_warm < cosine(2)
     assert last_warm == pytest.approx(0.01 + (9 / 10) * (cosine(2) - 0.01))
     assert epoch_lr(warm, 2, 0, 5) == pytest.approx(cosine(3))
+
+
+def test_excon_run_writes_saliency_grids(prepared, tiny_config, tmp_path):
+    cfg = tiny_config("method.name=excon", "method.exp_epochs=2", "method.grid_images=4")
+    pretrain(cfg, prepared, tmp_path / "run")
+    grids = sorted(p.name for p in (tmp_path / "run" / "saliency").glob("*.png"))
+    assert grids == ["epoch_001.png", "epoch_002.png", "epoch_003.png"]
+    assert (tmp_path / "run" / "saliency" / "epoch_003.png").read_bytes()[:4] == b"\x89PNG"
+    log = [json.loads(x) for x in (tmp_path / "run" / train.METRICS_LOG).read_text().splitlines()]
+    assert "train/accept_rate" not in log[0]  # epoch 1: SupCon phase
+    assert 0 <= log[1]["train/accept_rate"] <= 1
+    assert log[1]["train/backgrounds"] >= 0

@@ -1,0 +1,182 @@
+"""ExCon's faithful rules, each on a constructed case."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from excon.config import MethodConfig
+from excon.losses import supcon_loss
+from excon.methods import StepContext, excon_step, excon_views, masking_active
+from excon.models import ExConNet
+from excon.saliency import GradCam, keep_mask, mask_images
+from excon.testing import rig
+
+C = 4  # classes
+
+
+@pytest.fixture
+def net():
+    torch.manual_seed(0)
+    return ExConNet(num_classes=C, arch="resnet18", width=0.125, in_channels=3, proj_dim=8)
+
+
+def batch(n=6, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    views = [torch.randn(n, 3, 16, 16, generator=g) for _ in range(3)]
+    labels = torch.arange(n) % C
+    return views, labels
+
+
+def ctx_for(net, **cfg):
+    return StepContext(
+        MethodConfig(**cfg), epoch=10, num_classes=C, gradcam=GradCam(net, "layer2[1].conv2")
+    )
+
+
+def test_all_accepted(net):
+    (standard, random, spare), y = batch()
+    head = rig(net)
+    head.targets = y  # the head predicts the true label on every masked image
+    ctx = ctx_for(net)
+    state = {k: v.clone() for k, v in net.state_dict().items()}
+    v = excon_views(net, standard, random, spare, y, ctx)
+    assert v.accepted.all()
+    assert v.view1.shape[0] == v.view2.shape[0] == v.labels.shape[0] == 6
+    assert torch.equal(v.labels, y)
+    assert not v.background.any()
+    assert torch.equal(v.view2, random)
+    # view 1 is exactly the standard view masked by its true-label Grad-CAM (train mode)
+    net.load_state_dict(state)
+    maps = GradCam(net, "layer2[1].conv2")(standard, y)
+    assert torch.equal(v.view1, mask_images(standard, keep_mask(maps, 0.5)))
+
+
+def test_all_rejected_become_background_negatives(net):
+    (standard, random, spare), y = batch()
+    rig(net).targets = (y + 1) % C  # always wrong
+    v = excon_views(net, standard, random, spare, y, ctx_for(net))
+    assert not v.accepted.any()
+    assert v.view1.shape[0] == v.view2.shape[0] == 12  # batch grows by the rejected images
+    assert torch.equal(v.view1[:6], spare)  # the spare random view replaces the masked one
+    assert torch.equal(v.view2[:6], random)
+    assert torch.equal(v.view1[6:], v.masked) and torch.equal(v.view2[6:], v.masked)
+    assert v.labels.tolist() == y.tolist() + [C] * 6
+    assert v.background.tolist() == [False] * 6 + [True] * 6
+
+
+def test_mixed_keeps_batch_order_and_negative_pair_off(net):
+    (standard, random, spare), y = batch()
+    wrong = torch.tensor([False, True, False, True, True, False])
+    rig(net).targets = torch.where(wrong, (y + 1) % C, y)
+    v = excon_views(net, standard, random, spare, y, ctx_for(net))
+    assert v.accepted.tolist() == (~wrong).tolist()
+    assert torch.equal(v.view1[:6][~wrong], v.masked[~wrong])
+    assert torch.equal(v.view1[:6][wrong], spare[wrong])
+    assert torch.equal(v.view1[6:], v.masked[wrong])  # appended in batch order (1, 3, 4)
+    assert v.labels.tolist() == y.tolist() + [C] * 3
+
+    off = excon_views(net, standard, random, spare, y, ctx_for(net, negative_pair=False))
+    assert off.view1.shape[0] == 6 and not off.background.any()
+    assert torch.equal(off.view1[wrong], spare[wrong])
+
+
+def reference_loss(features, labels, actual_bsz, background_anchor, temperature=0.1, base=0.07):
+    """The authors' SupConLoss.forward (losses.py) for contrast_mode='all', written out."""
+    bsz, views = features.shape[:2]
+    mask = torch.eq(labels[:, None], labels[None, :]).float()
+    if background_anchor == 0:
+        mask[actual_bsz:] = 0
+        mask[:, actual_bsz:] = 0
+    contrast = torch.cat(torch.unbind(features, dim=1), dim=0)
+    logits = contrast @ contrast.T / temperature
+    logits = logits - logits.max(dim=1, keepdim=True).values.detach()
+    mask = mask.repeat(views, views)
+    logits_mask = 1 - torch.eye(bsz * views)
+    mask = mask * logits_mask
+    exp_logits = torch.exp(logits) * logits_mask
+    log_prob = logits - torch.log(exp_logits.sum(1, keepdim=True))
+    denom = mask.sum(1)
+    if background_anchor == 0:
+        denom[denom == 0] = 1
+    loss = -(temperature / base) * (mask * log_prob).sum(1) / denom
+    if background_anchor == 1:
+        return loss.view(views, bsz).mean()
+    return loss.view(views, bsz).mean() * (bsz / actual_bsz)
+
+
+@pytest.mark.parametrize("n_bg", [0, 1, 3])
+def test_loss_with_backgrounds_equals_reference_rule(n_bg):
+    torch.manual_seed(n_bg)
+    real = torch.tensor([0, 1, 0, 2, 1])
+    labels = torch.cat([real, torch.full((n_bg,), C)])
+    feats = F.normalize(torch.randn(len(labels), 2, 8, dtype=torch.float64), dim=2)
+    background = torch.arange(len(labels)) >= len(real)
+    got = supcon_loss(feats, labels, 0.1, 0.07, background)
+    assert got.item() == pytest.approx(reference_loss(feats, labels, len(real), 0).item(), abs=1e-6)
+    # background_anchor=1: backgrounds are one more class, the plain loss
+    got1 = supcon_loss(feats, labels, 0.1, 0.07)
+    assert got1.item() == pytest.approx(
+        reference_loss(feats, labels, len(real), 1).item(), abs=1e-6
+    )
+
+
+def test_background_only_in_denominators():
+    torch.manual_seed(0)
+    feats = F.normalize(torch.randn(4, 2, 8, dtype=torch.float64), dim=2)
+    labels = torch.tensor([0, 1, C, C])
+    bg = torch.tensor([False, False, True, True])
+    base = supcon_loss(feats[:2], labels[:2])
+    with_bg = supcon_loss(feats, labels, background=bg)
+    assert with_bg > base  # more negatives in every denominator, same positives
+
+
+def test_excon_step_uses_backgrounds_in_the_loss(net):
+    (standard, random, spare), y = batch()
+    rig(net).targets = (y + 1) % C
+    net.eval()  # fixed BN so the loss can be recomputed from the views
+    ctx = ctx_for(net)
+    out = excon_step(net, [standard, random, spare], y, ctx)
+    v = excon_views(net, standard, random, spare, y, ctx)
+    z = torch.stack([net.projector(net.encoder(v.view1)), net.projector(net.encoder(v.view2))], 1)
+    assert out.loss.item() == pytest.approx(
+        supcon_loss(z, v.labels, 0.1, 0.07, v.background).item(), rel=1e-5
+    )
+    assert out.stats["accept_rate"] == 0 and out.stats["backgrounds"] == 6
+
+    anchor = ctx_for(net, background_anchor=True)
+    out1 = excon_step(net, [standard, random, spare], y, anchor)
+    assert out1.loss.item() == pytest.approx(supcon_loss(z, v.labels, 0.1, 0.07).item(), rel=1e-5)
+
+
+def test_exp_epochs_switch(net):
+    cfg = MethodConfig(exp_epochs=3)
+    # 1-based epochs as in the reference: epochs 1, 2 are SupCon; masking from epoch 3.
+    assert [masking_active(cfg, e) for e in range(5)] == [False, False, True, True, True]
+    assert masking_active(MethodConfig(exp_epochs=0), 0)
+
+    class Spy(GradCam):
+        calls = 0
+
+        def __call__(self, images, targets):
+            Spy.calls += 1
+            return super().__call__(images, targets)
+
+    (standard, random, spare), y = batch()
+    rig(net).targets = y
+    net.eval()
+    ctx = StepContext(cfg, epoch=1, num_classes=C, gradcam=Spy(net, "layer2[1].conv2"))
+    before = excon_step(net, [standard, random, spare], y, ctx)
+    assert Spy.calls == 0 and "accept_rate" not in before.stats
+    z = torch.stack([net.projector(net.encoder(spare)), net.projector(net.encoder(random))], 1)
+    assert before.loss.item() == pytest.approx(supcon_loss(z, y).item(), rel=1e-5)
+    ctx.epoch = 2
+    after = excon_step(net, [standard, random, spare], y, ctx)
+    assert Spy.calls == 1 and after.stats["accept_rate"] == 1
+
+
+def test_online_head_ignores_backgrounds(net):
+    (standard, random, spare), y = batch()
+    rig(net).targets = (y + 1) % C
+    out = excon_step(net, [standard, random, spare], y, ctx_for(net, head_training="online"))
+    out.loss.backward()  # a background label (= C) reaching the head would raise here
+    assert torch.isfinite(out.stats["head_loss"])
