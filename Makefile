@@ -18,18 +18,18 @@ $(STAMP): pyproject.toml
 	@touch $@
 
 run: $(STAMP)
-	$(VENV)/bin/excon study --methods ce supcon
+	$(VENV)/bin/excon study --methods ce supcon excon
 
 test: $(STAMP) lint
 	$(PY) -m pytest
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check excon tests
-	$(VENV)/bin/ruff format --check excon tests
+	$(VENV)/bin/ruff check excon tests benchmarks
+	$(VENV)/bin/ruff format --check excon tests benchmarks
 
 format: $(STAMP)
-	$(VENV)/bin/ruff format excon tests
-	$(VENV)/bin/ruff check --fix excon tests
+	$(VENV)/bin/ruff format excon tests benchmarks
+	$(VENV)/bin/ruff check --fix excon tests benchmarks
 
 clean:
 	rm -rf runs data/prepared

@@ -186,7 +186,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="metrics file (default: <run-dir>/metrics.json)")
 
     p = stage("study", cmd_study, "prepare, pre-train and probe several methods; print a table")
-    p.add_argument("--methods", nargs="+", default=["ce", "supcon"], choices=METHODS)
+    p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     p.add_argument("--fresh", action="store_true", help="delete existing runs and start over")
     return parser
 

@@ -51,13 +51,30 @@ def resolve_layer(encoder: nn.Module, spec: str) -> nn.Module:
     return module
 
 
+def _enable_grad(module: nn.Module, inputs: tuple) -> None:
+    torch.set_grad_enabled(True)
+
+
 class GradCam:
     """Grad-CAM of `model` (encoder + linear head) at one encoder layer, for a whole batch."""
 
     def __init__(self, model: ExConNet, layer: str, relu_attributions: bool = False) -> None:
+        self.model = model
         self.layer_name = layer
         self.relu_attributions = relu_attributions
-        self._captum = LayerGradCam(model, resolve_layer(model.encoder, layer))
+        self._layer = resolve_layer(model.encoder, layer)
+        self._captum = LayerGradCam(self._forward, self._layer)
+
+    def _forward(self, images: torch.Tensor) -> torch.Tensor:
+        """The model's forward with autograd recording only from the explained layer on: the
+        gradient is taken with respect to that layer's output, so the graph of the layers
+        before it would be built and thrown away (about 5 % of a Grad-CAM call here)."""
+        handle = self._layer.register_forward_pre_hook(_enable_grad)
+        try:
+            with torch.no_grad():  # restores captum's grad mode on exit
+                return self.model(images)
+        finally:
+            handle.remove()
 
     def __call__(self, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """[B, C, H, W] images, [B] class ids -> [B, 1, H, W] maps (not normalised).

@@ -24,6 +24,7 @@ from excon.data.prepared import load_prepared
 from excon.data.views import ViewDataset, make_loader
 from excon.methods import Method, StepContext, get_method
 from excon.models import ExConNet
+from excon.perf import tune_cpu_allocator
 from excon.plots import save_saliency_grid
 from excon.saliency import GradCam, default_layer, keep_mask, mask_images
 
@@ -77,6 +78,11 @@ def epoch_lr(cfg: Config, epoch: int, step: int, steps_per_epoch: int) -> float:
     return cosine(epoch + 1)
 
 
+def to_device(images: torch.Tensor, device: torch.device, channels_last: bool) -> torch.Tensor:
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    return images.to(device, non_blocking=True, memory_format=fmt)
+
+
 def set_lr(optimizer: torch.optim.Optimizer | None, lr: float) -> None:
     if optimizer is not None:
         for group in optimizer.param_groups:
@@ -126,7 +132,7 @@ def train_one_epoch(
         if step >= steps:
             break
         set_lr(optimizer, epoch_lr(cfg, epoch, step, steps))
-        views = [v.to(device, non_blocking=True) for v in views]
+        views = [to_device(v, device, cfg.train.channels_last) for v in views]
         labels = labels.to(device, non_blocking=True)
         with autocast(device, cfg.train.amp):
             out = method.step(model, views, labels, ctx)
@@ -170,7 +176,7 @@ def train_head_one_epoch(
             break
         set_lr(optimizer, epoch_lr(cfg, epoch, step, steps))
         images, labels = (
-            views[0].to(device, non_blocking=True),
+            to_device(views[0], device, cfg.train.channels_last),
             labels.to(device, non_blocking=True),
         )
         with torch.no_grad(), autocast(device, cfg.train.amp):
@@ -270,6 +276,8 @@ def pretrain(cfg: Config, data_dir: str | Path, run_dir: str | Path, resume: boo
     run_dir = Path(run_dir)
     method = get_method(cfg.method.name)
     device = resolve_device(cfg.train.device)
+    if device.type == "cpu":
+        tune_cpu_allocator()
     data = load_prepared(Path(data_dir))
     train_split, val_split = data.split("train"), data.split("val")
     if len(train_split.labels) < cfg.train.batch_size:
@@ -282,6 +290,8 @@ def pretrain(cfg: Config, data_dir: str | Path, run_dir: str | Path, resume: boo
     model = ExConNet(
         data.num_classes, cfg.model.arch, cfg.model.width, data.channels, cfg.model.proj_dim
     ).to(device)
+    if cfg.train.channels_last:
+        model = model.to(memory_format=torch.channels_last)
     o = cfg.optim
     if method.head_in_objective:
         params = [*model.encoder.parameters(), *model.classifier.parameters()]
