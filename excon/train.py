@@ -4,6 +4,7 @@ exact resume (after torchvision's references/classification/train.py)."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import math
 import random
@@ -81,6 +82,12 @@ def epoch_lr(cfg: Config, epoch: int, step: int, steps_per_epoch: int) -> float:
 def to_device(images: torch.Tensor, device: torch.device, channels_last: bool) -> torch.Tensor:
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     return images.to(device, non_blocking=True, memory_format=fmt)
+
+
+def channels_last_safe(model: ExConNet, device: torch.device) -> bool:
+    """torch 2.14.1's CPU (oneDNN) backward segfaults in channels-last for very narrow ResNets
+    (stem of 4 or 8 channels at 64 px, seen here; 16 and wider never crashed): keep NCHW there."""
+    return device.type != "cpu" or model.encoder.conv1.out_channels >= 16
 
 
 def set_lr(optimizer: torch.optim.Optimizer | None, lr: float) -> None:
@@ -290,6 +297,9 @@ def pretrain(cfg: Config, data_dir: str | Path, run_dir: str | Path, resume: boo
     model = ExConNet(
         data.num_classes, cfg.model.arch, cfg.model.width, data.channels, cfg.model.proj_dim
     ).to(device)
+    if cfg.train.channels_last and not channels_last_safe(model, device):
+        print("channels_last off: oneDNN crashes on convs this narrow on CPU", file=sys.stderr)
+        cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, channels_last=False))
     if cfg.train.channels_last:
         model = model.to(memory_format=torch.channels_last)
     o = cfg.optim
@@ -421,6 +431,8 @@ def pretrain(cfg: Config, data_dir: str | Path, run_dir: str | Path, resume: boo
             "std": list(data.std),
             "image_size": list(data.image_size),
             "method": method.name,
+            # the layer excon explained during training; evaluation explains at the same one
+            "gradcam_layer": gradcam.layer_name if gradcam is not None else None,
         },
     )
     artifacts.save_model(run_dir, model, meta)
