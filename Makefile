@@ -14,6 +14,9 @@ $(STAMP): pyproject.toml
 	# animal-mnist ships the embedded default data; --no-deps because it declares tensorflow,
 	# which excon never imports (we read the package's data files directly).
 	$(PY) -m pip install --quiet --no-deps animal-mnist==0.4
+	# torchattacks (tests only: cross-checks FGSM/PGD) pins requests~=2.25, which the MLOps
+	# stack cannot use; the attacks themselves need only torch.
+	$(PY) -m pip install --quiet --no-deps torchattacks==3.5.1
 	@rm -f $(VENV)/.installed-*
 	@touch $@
 

@@ -1,0 +1,1 @@
+"""Evaluation of trained encoders: accuracy, calibration under shift, robustness, explanations."""
