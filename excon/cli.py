@@ -105,6 +105,32 @@ def cmd_probe(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from excon.evaluate.stage import evaluate
+
+    cfg = _config(args, [f"method.name={args.method}"] if args.method else [])
+    out = run_dir(cfg, args.run_dir)
+    metrics = evaluate(cfg, data_dir(cfg, args.data), out)
+    print(f"evaluated {out}: {len(metrics)} metrics -> {out / 'eval' / 'metrics.json'}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from excon.evaluate.report import markdown_table, report
+
+    cfg = _config(args)
+    runs = [Path(r) for r in args.runs] or sorted(
+        p.parent for p in (Path(cfg.train.runs_dir) / cfg.data.dataset).glob("*/eval")
+    )
+    if not runs:
+        raise FileNotFoundError("no evaluated runs given or found; pass --runs DIR...")
+    out = Path(args.out) if args.out else Path(cfg.train.runs_dir) / cfg.data.dataset / "report"
+    summary = report(runs, out)
+    print(markdown_table(summary))
+    print(f"\nreport -> {out / 'report.md'} (+ report.json, plots)")
+    return 0
+
+
 def format_table(rows: list[dict[str, Any]]) -> str:
     header = f"{'method':<8} {'val/top1':>9} {'test/top1':>10} {'test/top5':>10} {'train s':>8}"
     lines = [header, "-" * len(header)]
@@ -117,12 +143,14 @@ def format_table(rows: list[dict[str, Any]]) -> str:
 
 
 def cmd_study(args: argparse.Namespace) -> int:
-    """prepare (if needed) -> pretrain each method -> probe -> table.
+    """prepare (if needed) -> pretrain, probe, evaluate each method -> report.
 
     Runs already in place are resumed (a finished one is reused as it is), so a second
     `make run` only re-probes; --fresh starts every method over.
     """
     from excon import artifacts
+    from excon.evaluate.report import markdown_table, report
+    from excon.evaluate.stage import evaluate
     from excon.probe import probe
     from excon.train import pretrain
 
@@ -134,7 +162,7 @@ def cmd_study(args: argparse.Namespace) -> int:
                 **{**vars(args), "dataset": None, "raw_dir": None, "download": False, "out": None}
             )
         )
-    rows = []
+    rows, runs = [], []
     for method in args.methods:
         mcfg = _config(args, [f"method.name={method}"])
         out = run_dir(mcfg, None)
@@ -142,10 +170,17 @@ def cmd_study(args: argparse.Namespace) -> int:
             _remove_run(out)
         summary = pretrain(mcfg, data, out, resume=True)
         metrics = probe(mcfg, data, out)
+        if not args.skip_evaluate:
+            evaluate(mcfg, data, out)
         rows.append({"method": method, "train_seconds": summary["train_seconds"], **metrics})
-    table = format_table(rows)
-    print(table)
-    artifacts.write_json(Path(cfg.train.runs_dir) / cfg.data.dataset / "study.json", rows)
+        runs.append(out)
+    print(format_table(rows))
+    base = Path(cfg.train.runs_dir) / cfg.data.dataset
+    artifacts.write_json(base / "study.json", rows)
+    if not args.skip_evaluate:
+        summary_table = report(runs, base / "report")
+        print("\n" + markdown_table(summary_table))
+        print(f"\nreport -> {base / 'report' / 'report.md'}")
     return 0
 
 
@@ -185,9 +220,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run-dir", help="pre-training run directory")
     p.add_argument("--out", help="metrics file (default: <run-dir>/metrics.json)")
 
-    p = stage("study", cmd_study, "prepare, pre-train and probe several methods; print a table")
+    p = stage(
+        "evaluate", cmd_evaluate, "accuracy, calibration under shift, robustness, explanations"
+    )
+    p.add_argument("--method", choices=METHODS, help="overrides method.name")
+    p.add_argument("--data", help="prepared dataset directory")
+    p.add_argument("--run-dir", help="run directory (pretrained and probed)")
+
+    p = stage("report", cmd_report, "compare evaluated runs: markdown/JSON table and plots")
+    p.add_argument("--runs", nargs="*", default=[], help="run directories (default: all evaluated)")
+    p.add_argument("--out", help="output directory (default: <runs_dir>/<dataset>/report)")
+
+    p = stage("study", cmd_study, "prepare, pre-train, probe, evaluate methods; print the report")
     p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     p.add_argument("--fresh", action="store_true", help="delete existing runs and start over")
+    p.add_argument("--skip-evaluate", action="store_true", help="probe accuracy table only")
     return parser
 
 

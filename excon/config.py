@@ -96,6 +96,29 @@ class ProbeConfig:
 
 
 @dataclass
+class EvalConfig:
+    batch_size: int = 256
+    seed: int = 0
+    n_bins: int = 10  # ECE bins, equal width (the reference's)
+    # Adversarial robustness (L-inf, eps in /255 of [0, 1] pixels)
+    eps: list[float] = field(default_factory=lambda: [1.0, 2.0, 4.0, 8.0])
+    pgd_steps: int = 10
+    attack_images: int | None = None  # subsample of the test split (None: all)
+    # Calibration under distribution shift
+    corruptions: list[str] | None = None  # None: the 15 benchmark corruptions
+    extra_corruptions: bool = False  # + speckle_noise, gaussian_blur, spatter, saturate
+    severities: list[int] = field(default_factory=lambda: [1, 2, 3, 4, 5])
+    shift_images: int | None = None  # subsample of the test split per corrupted set
+    shift_cache: str = "data/shift"  # corrupted sets are computed once, cached per dataset
+    cifar100c_dir: str | None = None  # released CIFAR-100-C .npy files, used when present
+    # Explanation quality (Grad-CAM of the predicted class)
+    expl_images: int | None = None
+    top_frac: float = 0.15  # Average Drop / Increase keep the top 15 % of saliency pixels
+    deletion_steps: int = 16
+    grid_images: int = 8
+
+
+@dataclass
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -103,6 +126,7 @@ class Config:
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     probe: ProbeConfig = field(default_factory=ProbeConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -140,6 +164,17 @@ _RULES: dict[str, tuple[typing.Callable[[Any], bool], str]] = {
     "probe.lrs": (lambda v: len(v) > 0 and all(x > 0 for x in v), "a non-empty list of > 0"),
     "probe.momentum": (lambda v: 0 <= v < 1, "in [0, 1)"),
     "probe.weight_decay": _NON_NEGATIVE,
+    "eval.batch_size": _POSITIVE,
+    "eval.n_bins": _POSITIVE,
+    "eval.eps": (lambda v: all(0 <= x <= 255 for x in v), "a list of values in [0, 255]"),
+    "eval.pgd_steps": _POSITIVE,
+    "eval.attack_images": (lambda v: v is None or v > 0, "> 0 or null"),
+    "eval.severities": (lambda v: len(v) > 0 and all(1 <= x <= 5 for x in v), "values in 1..5"),
+    "eval.shift_images": (lambda v: v is None or v > 0, "> 0 or null"),
+    "eval.expl_images": (lambda v: v is None or v > 0, "> 0 or null"),
+    "eval.top_frac": (lambda v: 0 < v < 1, "in (0, 1)"),
+    "eval.deletion_steps": _POSITIVE,
+    "eval.grid_images": (lambda v: 0 <= v <= 64, "in [0, 64]"),
 }
 
 

@@ -14,6 +14,14 @@ import torch
 from excon.artifacts import atomic_path
 
 
+def save_figure(fig: plt.Figure, path: str | Path, dpi: int = 100) -> None:
+    """Write a PNG atomically (temp file + rename) and free the figure."""
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=dpi)
+    plt.close(fig)
+
+
 def denormalise(images: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
     """Normalised [B, C, H, W] -> [B, H, W, C] in [0, 1] for display."""
     m = torch.tensor(mean, dtype=images.dtype, device=images.device)[:, None, None]
@@ -57,7 +65,4 @@ def save_saliency_grid(
             ax.axis("off")
     if title:
         fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=80)
-    plt.close(fig)
+    save_figure(fig, path, dpi=80)

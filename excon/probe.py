@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
 from torch import nn
 
 from excon import artifacts
@@ -22,6 +23,7 @@ from excon.data.views import ViewDataset, make_loader
 from excon.train import autocast, resolve_device
 
 METRICS = "metrics.json"
+PROBE_HEAD = "probe_head.safetensors"  # the val-selected linear head, standardisation folded in
 
 
 @torch.no_grad()
@@ -131,5 +133,32 @@ def probe(
     }
     if any(math.isnan(v) for v in metrics.values() if isinstance(v, float)):
         raise RuntimeError("probe produced NaN metrics; the encoder's features are not finite")
+    save_probe_head(run_dir, fold_standardisation(head, mu, sd))
     artifacts.write_json(Path(out) if out is not None else run_dir / METRICS, metrics)
     return metrics
+
+
+def fold_standardisation(head: nn.Linear, mu: torch.Tensor, sd: torch.Tensor) -> nn.Linear:
+    """W((x - mu) / sd) + b as one Linear on raw features, so encoder + probe is a plain
+    classifier that evaluation, attacks and Grad-CAM use like any other head."""
+    folded = nn.Linear(head.in_features, head.out_features)
+    with torch.no_grad():
+        folded.weight.copy_(head.weight / sd)
+        folded.bias.copy_(head.bias - folded.weight @ mu)
+    return folded.cpu()
+
+
+def save_probe_head(run_dir: Path, head: nn.Linear) -> None:
+    state = {k: v.detach().cpu().contiguous() for k, v in head.state_dict().items()}
+    with artifacts.atomic_path(run_dir / PROBE_HEAD) as tmp:
+        save_file(state, str(tmp))
+
+
+def load_probe_head(run_dir: str | Path, device: str | torch.device = "cpu") -> nn.Linear:
+    path = Path(run_dir) / PROBE_HEAD
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: missing; run `excon probe` for this run first")
+    state = load_file(str(path), device="cpu")
+    head = nn.Linear(state["weight"].shape[1], state["weight"].shape[0])
+    head.load_state_dict(state)
+    return head.to(device)

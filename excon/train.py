@@ -32,6 +32,7 @@ from excon.saliency import GradCam, default_layer, keep_mask, mask_images
 CHECKPOINT = "checkpoint.pt"
 METRICS_LOG = "metrics.jsonl"
 SUMMARY = "summary.json"
+CONFIG = "config.json"  # the resolved parameters of the run
 
 
 # Parameters that may change between a run and its resume without changing the result.
@@ -442,5 +443,6 @@ def pretrain(cfg: Config, data_dir: str | Path, run_dir: str | Path, resume: boo
         "train_seconds": sum(r["time/epoch_s"] for r in history),
         **history[-1],
     }
+    artifacts.write_json(run_dir / CONFIG, cfg.to_dict())
     artifacts.write_json(run_dir / SUMMARY, summary)
     return summary

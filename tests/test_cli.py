@@ -6,7 +6,7 @@ import pytest
 
 from excon.cli import build_parser, main
 
-STAGES = ["prepare", "pretrain", "probe", "study"]
+STAGES = ["prepare", "pretrain", "probe", "evaluate", "report", "study"]
 
 
 def test_help_lists_stages():

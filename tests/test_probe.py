@@ -2,6 +2,7 @@ import json
 
 import torch
 
+from excon.data.views import ViewDataset
 from excon.probe import fit_linear, probe, topk_accuracy
 from excon.train import pretrain
 
@@ -17,6 +18,26 @@ def test_probe_writes_val_selected_metrics(prepared, tiny_config, tmp_path):
     assert 1 <= metrics["probe/epoch"] <= cfg.probe.epochs
     for split in ("val", "test"):
         assert 0 <= metrics[f"{split}/top1"] <= metrics[f"{split}/top5"] <= 1
+    # The saved head (standardisation folded in) reproduces the reported test accuracy.
+    from excon import artifacts
+    from excon.data.prepared import load_prepared
+    from excon.probe import load_probe_head
+
+    model, _ = artifacts.load_model(tmp_path / "run")
+    model.classifier = load_probe_head(tmp_path / "run")
+    test = load_prepared(prepared).split("test")
+    ds = ViewDataset(test.images, test.labels, ["standard"], *_stats(prepared))
+    images = torch.stack([ds[i][0][0] for i in range(len(ds))])
+    with torch.no_grad():
+        logits = model.eval()(images)
+    assert topk_accuracy(logits, torch.from_numpy(test.labels), 1) == metrics["test/top1"]
+
+
+def _stats(path):
+    from excon.data.prepared import load_prepared
+
+    d = load_prepared(path)
+    return d.mean, d.std
 
 
 def test_fit_linear_learns_a_separable_problem(tiny_config):
