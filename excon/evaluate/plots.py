@@ -23,7 +23,10 @@ def line_plot(path: str | Path, series: Series, xlabel: str, ylabel: str, title:
     if title:
         ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    if any(series.values()):
+        ax.legend(fontsize=8)
+    else:
+        ax.text(0.5, 0.5, "no data", ha="center", va="center", transform=ax.transAxes)
     save_figure(fig, path)
 
 
