@@ -227,6 +227,7 @@ def evaluate(cfg: Config, data_dir: str | Path, run_dir: str | Path) -> dict:
         e.eps,
         data.mean,
         data.std,
+        device=device,
         steps=e.pgd_steps,
         n_bins=e.n_bins,
         seed=e.seed,

@@ -1,0 +1,101 @@
+"""`excon evaluate` end to end on a tiny trained + probed run."""
+
+import csv
+import json
+
+import pytest
+
+from excon.evaluate.stage import evaluate, subset
+from excon.probe import probe
+from excon.train import pretrain
+
+EVAL = [
+    "eval.corruptions=[gaussian_noise, contrast]",
+    "eval.severities=[1, 5]",
+    "eval.shift_images=8",
+    "eval.attack_images=8",
+    "eval.eps=[0, 4]",
+    "eval.pgd_steps=2",
+    "eval.expl_images=8",
+    "eval.deletion_steps=4",
+    "eval.grid_images=2",
+]
+
+
+def test_evaluate_writes_every_metric(prepared, tiny_config, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the shift cache lives under ./data/shift
+    cfg = tiny_config("method.name=excon", "method.exp_epochs=1", "train.epochs=1", *EVAL)
+    run = tmp_path / "run"
+    pretrain(cfg, prepared, run)
+    probe_metrics = probe(cfg, prepared, run)
+    metrics = evaluate(cfg, prepared, run)
+
+    assert metrics["method"] == "excon" and metrics["seed"] == 0
+    # the probe's reported accuracy is what evaluation measures with the saved head
+    assert metrics["test/top1"] == probe_metrics["test/top1"]
+    for key in (
+        "online/top1",
+        "calib/ece",
+        "calib/nll",
+        "calib/brier",
+        "shift/mean/ece",
+        "shift/gaussian_noise/5/acc",
+        "shift/contrast/1/nll",
+        "shift/sev5/ece",
+        "adv/fgsm/eps4/acc",
+        "adv/pgd/eps4/ece",
+        "adv/pgd/eps0/acc",
+        "expl/avg_drop",
+        "expl/increase",
+        "expl/deletion_auc",
+        "expl/insertion_auc",
+        "expl/pointing_game",
+        "expl/energy_pointing_game",
+    ):
+        assert key in metrics, key
+    # eps 0 is no attack: the clean accuracy of the attacked subset
+    assert 0 <= metrics["adv/pgd/eps4/acc"] <= 1
+    out = run / "eval"
+    assert json.loads((out / "metrics.json").read_text()) == metrics
+    rows = list(csv.DictReader((out / "shift.csv").open()))
+    assert len(rows) == 4 and {r["source"] for r in rows} == {"generated"}
+    rows = list(csv.DictReader((out / "robustness.csv").open()))
+    assert [(r["attack"], float(r["eps"])) for r in rows] == [
+        ("fgsm", 0.0),
+        ("fgsm", 4.0),
+        ("pgd", 0.0),
+        ("pgd", 4.0),
+    ]
+    assert len(list(csv.DictReader((out / "reliability.csv").open()))) == 10
+    for png in (
+        "reliability.png",
+        "robustness.png",
+        "shift_ece.png",
+        "shift_acc.png",
+        "saliency_test.png",
+    ):
+        assert (out / png).read_bytes()[:4] == b"\x89PNG", png
+    # corrupted sets are cached: a second evaluation reads them back
+    cached = sorted(p.name for p in (tmp_path / "data" / "shift" / "blobs").iterdir())
+    assert cached == [
+        "contrast_s1.npz",
+        "contrast_s5.npz",
+        "gaussian_noise_s1.npz",
+        "gaussian_noise_s5.npz",
+    ]
+    assert evaluate(cfg, prepared, run) == metrics
+
+
+def test_unknown_corruption_is_a_config_error(prepared, tiny_config, tmp_path):
+    from excon.config import ConfigError
+    from excon.evaluate.stage import corruption_names
+
+    with pytest.raises(ConfigError, match=r"eval\.corruptions: unknown"):
+        corruption_names(tiny_config("eval.corruptions=[rain]"))
+
+
+def test_subset_is_fixed_and_sorted():
+    a = subset(100, 10, seed=3)
+    assert list(a) == sorted(a) and len(set(a)) == 10
+    assert (a == subset(100, 10, seed=3)).all()
+    assert len(subset(5, None, 0)) == 5 and len(subset(5, 50, 0)) == 5
