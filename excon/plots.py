@@ -41,6 +41,8 @@ def save_saliency_grid(
     mean: Sequence[float],
     std: Sequence[float],
     title: str = "",
+    ok_label: str = "accepted",
+    fail_label: str = "rejected",
 ) -> None:
     """One row per image: the image, its Grad-CAM map, the masked image, and whether the head
     accepted the masked view (predicted the true class on it)."""
@@ -59,7 +61,7 @@ def save_saliency_grid(
         ax_map.set_title("Grad-CAM", fontsize=8)
         ax_mask.imshow(shown_masked[i].squeeze(-1) if cmap else shown_masked[i], cmap=cmap)
         ok = bool(accepted[i])
-        verdict = "accepted" if ok else f"rejected: {class_names[int(predicted[i])]}"
+        verdict = ok_label if ok else f"{fail_label}: {class_names[int(predicted[i])]}"
         ax_mask.set_title(verdict, fontsize=8, color="green" if ok else "red")
         for ax in axes[i]:
             ax.axis("off")

@@ -328,4 +328,6 @@ def _saliency_grid(
         data.mean,
         data.std,
         title=f"{method}: Grad-CAM of the predicted class, top {e.top_frac:.0%} kept",
+        ok_label="prediction kept",
+        fail_label="changed to",
     )
