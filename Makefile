@@ -20,8 +20,11 @@ $(STAMP): pyproject.toml
 	@rm -f $(VENV)/.installed-*
 	@touch $@
 
+# The whole study as the DVC DAG (dvc.yaml): prepare -> pretrain/probe/evaluate per method ->
+# report. A second `make run` is a no-op; `dvc exp run -S method.tau=0.6` reruns only excon.
 run: $(STAMP)
-	$(VENV)/bin/excon study --methods ce supcon excon
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" DVC_NO_ANALYTICS=1 $(VENV)/bin/dvc repro
+	@$(PY) -m excon.show_report
 
 test: $(STAMP) lint
 	$(PY) -m pytest

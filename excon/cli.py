@@ -85,7 +85,8 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     out = run_dir(cfg, args.run_dir)
     if args.fresh:
         _remove_run(out)
-    summary = pretrain(cfg, data_dir(cfg, args.data), out, resume=args.resume)
+    resume = "auto" if args.resume_compatible else args.resume
+    summary = pretrain(cfg, data_dir(cfg, args.data), out, resume=resume)
     print(f"trained {cfg.method.name} -> {out}: val/top1 {summary['val/top1']:.4f}")
     return 0
 
@@ -213,6 +214,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--resume", action="store_true", help="continue from the run's checkpoint.pt")
     p.add_argument("--fresh", action="store_true", help="delete an existing run and start over")
+    p.add_argument(
+        "--resume-compatible",
+        action="store_true",
+        help="resume when the checkpoint has the same training parameters, else start over "
+        "(what dvc.yaml runs)",
+    )
 
     p = stage("probe", cmd_probe, "linear probe on the frozen encoder; writes metrics.json")
     p.add_argument("--method", choices=METHODS, help="overrides method.name")

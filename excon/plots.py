@@ -68,3 +68,24 @@ def save_saliency_grid(
     if title:
         fig.suptitle(title, fontsize=9)
     save_figure(fig, path, dpi=80)
+
+
+def save_training_curves(path: str | Path, history: Sequence[dict], method: str) -> None:
+    """Loss and val top-1 (online head) per epoch: the run at a glance."""
+    epochs = [r["epoch"] for r in history]
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(8, 3))
+    ax_loss.plot(epochs, [r["train/loss"] for r in history], marker="o")
+    ax_loss.set_xlabel("epoch")
+    ax_loss.set_ylabel("train loss")
+    ax_acc.plot(epochs, [r["val/top1"] for r in history], marker="o", label="online head")
+    if "train/accept_rate" in history[-1]:
+        xs = [r["epoch"] for r in history if "train/accept_rate" in r]
+        ys = [r["train/accept_rate"] for r in history if "train/accept_rate" in r]
+        ax_acc.plot(xs, ys, marker="s", label="masked views accepted")
+    ax_acc.set_xlabel("epoch")
+    ax_acc.set_ylim(0, 1)
+    ax_acc.legend(fontsize=8)
+    for ax in (ax_loss, ax_acc):
+        ax.grid(alpha=0.3)
+    fig.suptitle(f"{method} pre-training", fontsize=9)
+    save_figure(fig, path)

@@ -11,7 +11,7 @@ import random
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -26,16 +26,19 @@ from excon.data.views import ViewDataset, make_loader
 from excon.methods import Method, StepContext, get_method
 from excon.models import ExConNet
 from excon.perf import tune_cpu_allocator
-from excon.plots import save_saliency_grid
+from excon.plots import save_saliency_grid, save_training_curves
 from excon.saliency import GradCam, default_layer, keep_mask, mask_images
 
 CHECKPOINT = "checkpoint.pt"
 METRICS_LOG = "metrics.jsonl"
 SUMMARY = "summary.json"
 CONFIG = "config.json"  # the resolved parameters of the run
+FIGURES = "figures"  # training curves (every method) and ExCon's saliency grids
 
 
-# Parameters that may change between a run and its resume without changing the result.
+# What a checkpoint must agree on to be resumed (probe/eval settings do not touch training),
+_TRAINING_SECTIONS = ("data", "model", "method", "optim", "train")
+# and parameters that may change between a run and its resume without changing the result.
 _RESUME_FREE = {
     "data.num_workers",
     "data.prepared_dir",
@@ -273,13 +276,30 @@ def _rng_state() -> dict[str, Any]:
     return state
 
 
-def pretrain(cfg: Config, data_dir: str | Path, run_dir: str | Path, resume: bool = False) -> dict:
+def changed_parameters(saved: dict[str, Any], cfg: Config) -> list[str]:
+    """Training parameters that differ between a checkpoint's config and `cfg`."""
+    return [
+        f"{s}.{k}"
+        for s, sec in cfg.to_dict().items()
+        if s in _TRAINING_SECTIONS
+        for k, v in sec.items()
+        if f"{s}.{k}" not in _RESUME_FREE and saved.get(s, {}).get(k) != v
+    ]
+
+
+def pretrain(
+    cfg: Config,
+    data_dir: str | Path,
+    run_dir: str | Path,
+    resume: bool | Literal["auto"] = False,
+) -> dict:
     """Pre-train one method on a prepared dataset; returns the final summary.
 
     `run_dir` receives checkpoint.pt (every epoch, atomically), metrics.jsonl, model.safetensors
     + model.json and summary.json. With `resume`, training continues from checkpoint.pt and ends
     with the same weights as an uninterrupted run (each epoch's data order and augmentation
-    depend only on (seed, epoch)).
+    depend only on (seed, epoch)). `resume="auto"` (what DVC runs) resumes a checkpoint trained
+    with the same parameters and starts over when they changed.
     """
     run_dir = Path(run_dir)
     method = get_method(cfg.method.name)
@@ -327,16 +347,20 @@ def pretrain(cfg: Config, data_dir: str | Path, run_dir: str | Path, resume: boo
                 f"{ckpt_path} exists; pass --resume to continue it, or --fresh to start over"
             )
         ckpt = artifacts.load_checkpoint(ckpt_path)
-        changed = [
-            f"{s}.{k}"
-            for s, sec in cfg.to_dict().items()
-            for k, v in sec.items()
-            if f"{s}.{k}" not in _RESUME_FREE and ckpt["config"].get(s, {}).get(k) != v
-        ]
-        if changed:
-            raise ResumeError(
-                f"{ckpt_path} was trained with other parameters ({', '.join(changed)})"
+        changed = changed_parameters(ckpt["config"], cfg)
+        if changed and resume == "auto":
+            # DVC reruns a stage because its parameters changed: the old run is obsolete.
+            print(
+                f"{ckpt_path}: parameters changed ({', '.join(changed)}); starting over",
+                file=sys.stderr,
             )
+            ckpt_path.unlink()
+        elif changed:
+            raise ResumeError(
+                f"{ckpt_path} was trained with other parameters ({', '.join(changed)}); "
+                "restore them, or pass --fresh to start over"
+            )
+    if ckpt_path.exists():
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         if head_optimizer is not None:
@@ -387,7 +411,7 @@ def pretrain(cfg: Config, data_dir: str | Path, run_dir: str | Path, resume: boo
         row["time/epoch_s"] = time.perf_counter() - epoch_start
         if grid is not None and gradcam is not None:
             write_saliency_grid(
-                run_dir / "saliency" / f"epoch_{epoch + 1:03d}.png",
+                run_dir / FIGURES / f"saliency_epoch_{epoch + 1:03d}.png",
                 model,
                 gradcam,
                 *grid,
@@ -413,6 +437,7 @@ def pretrain(cfg: Config, data_dir: str | Path, run_dir: str | Path, resume: boo
             },
         )
         artifacts.write_text(run_dir / METRICS_LOG, "".join(json.dumps(r) + "\n" for r in history))
+        save_training_curves(run_dir / FIGURES / "training.png", history, method.name)
         print(
             f"[{method.name}] epoch {epoch + 1}/{cfg.train.epochs} "
             f"loss {row['train/loss']:.4f} val/top1 {row['val/top1']:.4f} "

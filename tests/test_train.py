@@ -122,10 +122,31 @@ def test_lr_schedule_matches_supcontrast():
 def test_excon_run_writes_saliency_grids(prepared, tiny_config, tmp_path):
     cfg = tiny_config("method.name=excon", "method.exp_epochs=2", "method.grid_images=4")
     pretrain(cfg, prepared, tmp_path / "run")
-    grids = sorted(p.name for p in (tmp_path / "run" / "saliency").glob("*.png"))
-    assert grids == ["epoch_001.png", "epoch_002.png", "epoch_003.png"]
-    assert (tmp_path / "run" / "saliency" / "epoch_003.png").read_bytes()[:4] == b"\x89PNG"
+    figures = sorted(p.name for p in (tmp_path / "run" / "figures").glob("*.png"))
+    assert figures == [
+        "saliency_epoch_001.png",
+        "saliency_epoch_002.png",
+        "saliency_epoch_003.png",
+        "training.png",
+    ]
+    assert (tmp_path / "run" / "figures" / "saliency_epoch_003.png").read_bytes()[:4] == b"\x89PNG"
     log = [json.loads(x) for x in (tmp_path / "run" / train.METRICS_LOG).read_text().splitlines()]
     assert "train/accept_rate" not in log[0]  # epoch 1: SupCon phase
     assert 0 <= log[1]["train/accept_rate"] <= 1
     assert log[1]["train/backgrounds"] >= 0
+
+
+def test_auto_resume_starts_over_when_training_parameters_change(prepared, tiny_config, tmp_path):
+    cfg = tiny_config("method.name=ce", "train.epochs=1")
+    pretrain(cfg, prepared, tmp_path / "run")
+    # probe/eval settings are not training parameters: a strict resume accepts them
+    pretrain(
+        tiny_config("method.name=ce", "train.epochs=1", "probe.epochs=9"),
+        prepared,
+        tmp_path / "run",
+        resume=True,
+    )
+    changed = tiny_config("method.name=ce", "train.epochs=1", "optim.lr=0.2")
+    summary = pretrain(changed, prepared, tmp_path / "run", resume="auto")
+    ckpt = artifacts.load_checkpoint(tmp_path / "run" / train.CHECKPOINT)
+    assert ckpt["config"]["optim"]["lr"] == 0.2 and summary["epochs"] == 1

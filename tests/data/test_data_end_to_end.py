@@ -38,7 +38,8 @@ def test_excon_runs_on_original_formats(
     run = tmp_path / "runs" / dataset / "excon"
     row = json.loads((run / "metrics.jsonl").read_text().splitlines()[0])
     assert 0 <= row["train/accept_rate"] <= 1  # masking was active from the first epoch
-    assert (run / "saliency" / "epoch_001.png").is_file()
+    assert (run / "figures" / "saliency_epoch_001.png").is_file()
+    assert (run / "figures" / "training.png").is_file()
     assert main(["probe", "--method", "excon", "--set", f"data.dataset={dataset}", *sets]) == 0
     metrics = json.loads((run / "metrics.json").read_text())
     assert 0 <= metrics["test/top1"] <= 1

@@ -1,0 +1,24 @@
+"""`python -m excon.show_report`: print the study's report and where to look next."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from excon.config import load_config
+
+
+def main() -> int:
+    cfg = load_config("params.yaml" if Path("params.yaml").is_file() else None)
+    report = Path(cfg.train.runs_dir) / cfg.data.dataset / "report" / "report.md"
+    if not report.is_file():
+        print(f"{report}: no report yet; run `make run` (dvc repro)", file=sys.stderr)
+        return 1
+    print(report.read_text())
+    print(f"report and plots: {report.parent}/")
+    print("per-epoch and final metrics: dvc metrics show; curves: dvc plots show")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,100 @@
+"""dvc.yaml end to end on a tiny copy of the study: every stage runs, a second repro is a no-op,
+and `dvc exp run -S method.tau=...` reruns excon's chain (and the report) only."""
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = {
+    "data": {"limit_per_class": 30},
+    "model": {"width": 0.0625, "proj_dim": 8},
+    "method": {"exp_epochs": 0, "grid_images": 2},
+    "train": {"epochs": 1, "batch_size": 32, "max_steps_per_epoch": 2, "device": "cpu"},
+    "probe": {"epochs": 2, "lrs": [0.1]},
+    "eval": {
+        "eps": [4],
+        "pgd_steps": 2,
+        "attack_images": 16,
+        "corruptions": ["contrast"],
+        "severities": [1, 5],
+        "shift_images": 8,
+        "expl_images": 16,
+        "deletion_steps": 4,
+        "grid_images": 2,
+    },
+}
+
+
+def run(args, cwd, env, timeout=600):
+    out = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    assert out.returncode == 0, f"{args}\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}"
+    return out.stdout + out.stderr
+
+
+def stages_run(log):
+    return set(re.findall(r"Running stage '([^']+)'", log))
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory):
+    repo = tmp_path_factory.mktemp("study")
+    shutil.copy(ROOT / "dvc.yaml", repo)
+    shutil.copytree(ROOT / "excon", repo / "excon", ignore=shutil.ignore_patterns("__pycache__"))
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    for section, values in TINY.items():
+        params[section].update(values)
+    (repo / "params.yaml").write_text(yaml.safe_dump(params))
+    (repo / ".gitignore").write_text("/data/\n/runs/\n")
+    env = {
+        **os.environ,
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+        "DVC_NO_ANALYTICS": "1",
+        "GIT_AUTHOR_NAME": "t",
+        "GIT_AUTHOR_EMAIL": "t@t",
+        "GIT_COMMITTER_NAME": "t",
+        "GIT_COMMITTER_EMAIL": "t@t",
+    }
+    dvc = [sys.executable, "-m", "dvc"]
+    run(["git", "init", "-q"], repo, env)
+    run([*dvc, "init", "-q"], repo, env)
+    run([*dvc, "config", "core.site_cache_dir", str(repo / ".dvc" / "site_cache")], repo, env)
+    first = run([*dvc, "repro"], repo, env)
+    run(["git", "add", "-A"], repo, env)
+    run(["git", "commit", "-qm", "study"], repo, env)
+    return repo, env, dvc, first
+
+
+def test_every_stage_runs(study):
+    repo, _, _, first = study
+    assert stages_run(first) == {
+        "prepare",
+        "report",
+        *(f"{s}@{m}" for s in ("pretrain", "probe", "evaluate") for m in ("ce", "supcon", "excon")),
+    }
+    assert "| probe top-1 ↑ |" in (repo / "runs/animals/report/report.md").read_text()
+
+
+def test_second_repro_is_a_no_op(study):
+    repo, env, dvc, _ = study
+    again = run([*dvc, "repro"], repo, env)
+    assert stages_run(again) == set()
+    assert "up to date" in run([*dvc, "status"], repo, env)
+
+
+def test_metrics_show(study):
+    repo, env, dvc, _ = study
+    shown = run([*dvc, "metrics", "show"], repo, env)
+    assert "runs/animals/excon/metrics.json" in shown or "test/top1" in shown
+
+
+def test_changing_an_excon_parameter_reruns_only_excon(study):
+    repo, env, dvc, _ = study
+    log = run([*dvc, "exp", "run", "-S", "method.tau=0.6"], repo, env)
+    assert stages_run(log) == {"pretrain@excon", "probe@excon", "evaluate@excon", "report"}
