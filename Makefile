@@ -22,8 +22,13 @@ $(STAMP): pyproject.toml
 
 # The whole study as the DVC DAG (dvc.yaml): prepare -> pretrain/probe/evaluate per method ->
 # report. A second `make run` is a no-op; `dvc exp run -S method.tau=0.6` reruns only excon.
+# All stages of one `dvc repro` group under one MLflow parent run (made only when something
+# is out of date, so a no-op run leaves no empty parent behind).
 run: $(STAMP)
-	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" DVC_NO_ANALYTICS=1 $(VENV)/bin/dvc repro
+	@export PATH="$(CURDIR)/$(VENV)/bin:$$PATH" DVC_NO_ANALYTICS=1; \
+	if dvc status --quiet; then echo "dvc: pipeline up to date, nothing to run"; else \
+	  EXCON_PARENT_RUN_ID=$$($(PY) -m excon.tracking start-parent) || exit 1; \
+	  export EXCON_PARENT_RUN_ID; dvc repro || exit 1; fi
 	@$(PY) -m excon.show_report
 
 test: $(STAMP) lint

@@ -78,15 +78,64 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_pretrain(args: argparse.Namespace) -> int:
+def tracked_pretrain(cfg: Config, data: Path, out: Path, resume: bool | str) -> dict:
+    """pretrain inside its MLflow child run: params, per-epoch metrics, figures."""
+    from excon.tracking import stage_run
     from excon.train import pretrain
 
+    with stage_run(cfg, "pretrain", cfg.method.name, data) as run:
+        summary = pretrain(
+            cfg, data, out, resume=resume, on_epoch=lambda r: run.log_metrics(r, step=r["epoch"])
+        )
+        run.log_metrics({"train_seconds": summary["train_seconds"]})  # the rest is per epoch
+        run.log_artifacts(out / "figures", "figures")
+        for name in ("summary.json", "config.json", "model.json", "metrics.jsonl"):
+            run.log_artifact(out / name)
+    return summary
+
+
+def tracked_probe(cfg: Config, data: Path, out: Path, metrics_out: str | None = None) -> dict:
+    from excon.probe import probe
+    from excon.tracking import stage_run
+
+    with stage_run(cfg, "probe", cfg.method.name, data) as run:
+        metrics = probe(cfg, data, out, metrics_out)
+        run.log_metrics(metrics)
+        run.log_artifact(Path(metrics_out) if metrics_out else out / "metrics.json")
+    return metrics
+
+
+def tracked_evaluate(cfg: Config, data: Path, out: Path) -> dict:
+    from excon.evaluate.stage import evaluate
+    from excon.tracking import stage_run
+
+    with stage_run(cfg, "evaluate", cfg.method.name, data) as run:
+        metrics = evaluate(cfg, data, out)
+        run.log_metrics(metrics)
+        run.log_artifacts(out / "eval", "eval")
+    return metrics
+
+
+def tracked_report(cfg: Config, runs: list[Path], out: Path) -> dict:
+    from excon.evaluate.report import report
+    from excon.tracking import stage_run
+
+    with stage_run(cfg, "report") as run:
+        summary = report(runs, out)
+        run.log_artifacts(out, "report")
+    return summary
+
+
+def cmd_pretrain(args: argparse.Namespace) -> int:
+    from excon.tracking import preflight
+
     cfg = _config(args, [f"method.name={args.method}"] if args.method else [])
+    preflight(cfg)
     out = run_dir(cfg, args.run_dir)
     if args.fresh:
         _remove_run(out)
     resume = "auto" if args.resume_compatible else args.resume
-    summary = pretrain(cfg, data_dir(cfg, args.data), out, resume=resume)
+    summary = tracked_pretrain(cfg, data_dir(cfg, args.data), out, resume)
     print(f"trained {cfg.method.name} -> {out}: val/top1 {summary['val/top1']:.4f}")
     return 0
 
@@ -98,35 +147,39 @@ def _remove_run(path: Path) -> None:
 
 
 def cmd_probe(args: argparse.Namespace) -> int:
-    from excon.probe import probe
+    from excon.tracking import preflight
 
     cfg = _config(args, [f"method.name={args.method}"] if args.method else [])
-    metrics = probe(cfg, data_dir(cfg, args.data), run_dir(cfg, args.run_dir), args.out)
+    preflight(cfg)
+    metrics = tracked_probe(cfg, data_dir(cfg, args.data), run_dir(cfg, args.run_dir), args.out)
     print(json.dumps(metrics, indent=2))
     return 0
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from excon.evaluate.stage import evaluate
+    from excon.tracking import preflight
 
     cfg = _config(args, [f"method.name={args.method}"] if args.method else [])
+    preflight(cfg)
     out = run_dir(cfg, args.run_dir)
-    metrics = evaluate(cfg, data_dir(cfg, args.data), out)
+    metrics = tracked_evaluate(cfg, data_dir(cfg, args.data), out)
     print(f"evaluated {out}: {len(metrics)} metrics -> {out / 'eval' / 'metrics.json'}")
     return 0
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from excon.evaluate.report import markdown_table, report
+    from excon.evaluate.report import markdown_table
+    from excon.tracking import preflight
 
     cfg = _config(args)
+    preflight(cfg)
     runs = [Path(r) for r in args.runs] or sorted(
         p.parent for p in (Path(cfg.train.runs_dir) / cfg.data.dataset).glob("*/eval")
     )
     if not runs:
         raise FileNotFoundError("no evaluated runs given or found; pass --runs DIR...")
     out = Path(args.out) if args.out else Path(cfg.train.runs_dir) / cfg.data.dataset / "report"
-    summary = report(runs, out)
+    summary = tracked_report(cfg, runs, out)
     print(markdown_table(summary))
     print(f"\nreport -> {out / 'report.md'} (+ report.json, plots)")
     return 0
@@ -150,12 +203,11 @@ def cmd_study(args: argparse.Namespace) -> int:
     `make run` only re-probes; --fresh starts every method over.
     """
     from excon import artifacts
-    from excon.evaluate.report import markdown_table, report
-    from excon.evaluate.stage import evaluate
-    from excon.probe import probe
-    from excon.train import pretrain
+    from excon.evaluate.report import markdown_table
+    from excon.tracking import preflight
 
     cfg = _config(args)
+    preflight(cfg)
     data = data_dir(cfg, None)
     if not (data / "manifest.json").is_file():
         cmd_prepare(
@@ -169,17 +221,17 @@ def cmd_study(args: argparse.Namespace) -> int:
         out = run_dir(mcfg, None)
         if args.fresh:
             _remove_run(out)
-        summary = pretrain(mcfg, data, out, resume=True)
-        metrics = probe(mcfg, data, out)
+        summary = tracked_pretrain(mcfg, data, out, resume=True)
+        metrics = tracked_probe(mcfg, data, out)
         if not args.skip_evaluate:
-            evaluate(mcfg, data, out)
+            tracked_evaluate(mcfg, data, out)
         rows.append({"method": method, "train_seconds": summary["train_seconds"], **metrics})
         runs.append(out)
     print(format_table(rows))
     base = Path(cfg.train.runs_dir) / cfg.data.dataset
     artifacts.write_json(base / "study.json", rows)
     if not args.skip_evaluate:
-        summary_table = report(runs, base / "report")
+        summary_table = tracked_report(cfg, runs, base / "report")
         print("\n" + markdown_table(summary_table))
         print(f"\nreport -> {base / 'report' / 'report.md'}")
     return 0
@@ -247,12 +299,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     from excon.data.errors import DataError
+    from excon.tracking import TrackingError
     from excon.train import ResumeError
 
     args = build_parser().parse_args(argv)
     try:
         return args.fn(args)
-    except (ConfigError, DataError, ResumeError, FileNotFoundError) as e:
+    except (ConfigError, DataError, ResumeError, TrackingError, FileNotFoundError) as e:
         # Expected failures (bad params, bad data, refused resume) get one line, not a traceback.
         print(f"excon {args.stage}: error: {e}", file=sys.stderr)
         return 2

@@ -119,6 +119,21 @@ class EvalConfig:
 
 
 @dataclass
+class TrackingConfig:
+    enabled: bool = True
+    uri: str | None = None  # None: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db (local store)
+    experiment: str = "excon"
+    model_name: str | None = None  # registry name; None: excon-<dataset>
+    # Promotion gate: the challenger becomes champion only if, against the current champion,
+    # probe top-1 >= champion - tolerance, ECE <= champion + tolerance, PGD eps-4 accuracy >=
+    # champion - tolerance and Average Drop <= champion + tolerance.
+    gate_top1_tolerance: float = 0.0
+    gate_ece_tolerance: float = 0.0
+    gate_pgd_tolerance: float = 0.0
+    gate_avg_drop_tolerance: float = 0.0
+
+
+@dataclass
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -127,6 +142,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     probe: ProbeConfig = field(default_factory=ProbeConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -175,6 +191,10 @@ _RULES: dict[str, tuple[typing.Callable[[Any], bool], str]] = {
     "eval.top_frac": (lambda v: 0 < v < 1, "in (0, 1)"),
     "eval.deletion_steps": _POSITIVE,
     "eval.grid_images": (lambda v: 0 <= v <= 64, "in [0, 64]"),
+    "tracking.gate_top1_tolerance": _NON_NEGATIVE,
+    "tracking.gate_ece_tolerance": _NON_NEGATIVE,
+    "tracking.gate_pgd_tolerance": _NON_NEGATIVE,
+    "tracking.gate_avg_drop_tolerance": _NON_NEGATIVE,
 }
 
 

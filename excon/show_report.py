@@ -17,6 +17,8 @@ def main() -> int:
     print(report.read_text())
     print(f"report and plots: {report.parent}/")
     print("per-epoch and final metrics: dvc metrics show; curves: dvc plots show")
+    if cfg.tracking.enabled:
+        print("runs and models: mlflow ui --backend-store-uri sqlite:///mlflow.db")
     return 0
 
 

@@ -10,6 +10,7 @@ import math
 import random
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -292,6 +293,7 @@ def pretrain(
     data_dir: str | Path,
     run_dir: str | Path,
     resume: bool | Literal["auto"] = False,
+    on_epoch: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict:
     """Pre-train one method on a prepared dataset; returns the final summary.
 
@@ -299,7 +301,8 @@ def pretrain(
     + model.json and summary.json. With `resume`, training continues from checkpoint.pt and ends
     with the same weights as an uninterrupted run (each epoch's data order and augmentation
     depend only on (seed, epoch)). `resume="auto"` (what DVC runs) resumes a checkpoint trained
-    with the same parameters and starts over when they changed.
+    with the same parameters and starts over when they changed. `on_epoch(row)` is called with
+    each epoch's metrics once its checkpoint is on disk (tracking hooks in here).
     """
     run_dir = Path(run_dir)
     method = get_method(cfg.method.name)
@@ -438,6 +441,8 @@ def pretrain(
         )
         artifacts.write_text(run_dir / METRICS_LOG, "".join(json.dumps(r) + "\n" for r in history))
         save_training_curves(run_dir / FIGURES / "training.png", history, method.name)
+        if on_epoch is not None:
+            on_epoch(row)
         print(
             f"[{method.name}] epoch {epoch + 1}/{cfg.train.epochs} "
             f"loss {row['train/loss']:.4f} val/top1 {row['val/top1']:.4f} "

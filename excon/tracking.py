@@ -1,0 +1,218 @@
+"""MLflow tracking of the study's stages.
+
+One MLflow *parent* run per pipeline run, one *child* run per stage and method. DVC runs every
+stage in its own process, so the parent's id travels in the environment
+(`EXCON_PARENT_RUN_ID`, set by `make run` through `python -m excon.tracking start-parent`);
+without it, each stage's run stands alone.
+
+Logging never costs finished work: the stage writes its artifacts to disk first, and a logging
+failure after that is reported in one line and does not fail the stage. An unreachable tracking
+server is detected before any work starts (`preflight`), in one line, unless tracking is off
+(`tracking.enabled: false` or `--set tracking.enabled=false`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from excon.config import Config
+
+PARENT_ENV = "EXCON_PARENT_RUN_ID"
+DEFAULT_URI = "sqlite:///mlflow.db"
+
+
+class TrackingError(RuntimeError):
+    """The tracking server cannot be used (unreachable, misconfigured)."""
+
+
+def tracking_uri(cfg: Config) -> str:
+    return cfg.tracking.uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI
+
+
+def _mlflow() -> Any:
+    # Imported lazily: mlflow costs ~2 s to import, and tracking-off runs never need it.
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+    import mlflow
+
+    return mlflow
+
+
+def configure(cfg: Config) -> Any:
+    """Point mlflow at the configured store and experiment; returns the mlflow module."""
+    mlflow = _mlflow()
+    mlflow.set_tracking_uri(tracking_uri(cfg))
+    return mlflow
+
+
+def preflight(cfg: Config) -> None:
+    """Fail fast, in one line, when tracking is on but the store cannot be reached."""
+    if not cfg.tracking.enabled:
+        return
+    uri = tracking_uri(cfg)
+    try:
+        mlflow = configure(cfg)
+        mlflow.set_experiment(cfg.tracking.experiment)
+    except Exception as e:  # any failure here means "cannot track": say which store and why
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise TrackingError(
+            f"MLflow tracking store {uri} is not usable ({first}); start it, point "
+            "MLFLOW_TRACKING_URI elsewhere, or pass --set tracking.enabled=false"
+        ) from None
+
+
+def git_commit() -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=True
+        )
+        return out.stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def data_hash(data_dir: Path) -> str | None:
+    """DVC's hash of the prepared directory when dvc.lock records it, else the sha256 of its
+    manifest (which lists the sha256 of every file)."""
+    lock = Path("dvc.lock")
+    if lock.is_file():
+        import yaml
+
+        stages = (yaml.safe_load(lock.read_text()) or {}).get("stages", {})
+        for out in stages.get("prepare", {}).get("outs", []):
+            if Path(out.get("path", "")) == Path(data_dir):
+                return out.get("md5")
+    manifest = Path(data_dir) / "manifest.json"
+    if manifest.is_file():
+        return hashlib.sha256(manifest.read_bytes()).hexdigest()
+    return None
+
+
+def flatten(cfg: Config) -> dict[str, Any]:
+    return {f"{s}.{k}": v for s, sec in cfg.to_dict().items() for k, v in sec.items()}
+
+
+class StageRun:
+    """A child run for one stage; every call is a no-op when tracking is off, and a logging
+    failure is reported once and then ignored so the stage's results on disk stay valid."""
+
+    def __init__(self, mlflow: Any | None, run_id: str | None) -> None:
+        self._mlflow, self.run_id = mlflow, run_id
+        self._failed = False
+
+    def _safely(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> None:
+        if self._mlflow is None or self._failed:
+            return
+        try:
+            fn(*args, **kwargs)
+        except Exception as e:
+            self._failed = True
+            print(f"[tracking] {what} failed, results kept on disk only: {e}", file=sys.stderr)
+
+    def log_metrics(self, metrics: dict[str, Any], step: int | None = None) -> None:
+        numeric = {
+            _metric_key(k): float(v)
+            for k, v in metrics.items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool)
+        }
+        if numeric and self._mlflow is not None:
+            self._safely("log_metrics", self._mlflow.log_metrics, numeric, step=step)
+
+    def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
+        if Path(path).is_file() and self._mlflow is not None:
+            self._safely("log_artifact", self._mlflow.log_artifact, str(path), artifact_path)
+
+    def log_artifacts(self, path: Path, artifact_path: str | None = None) -> None:
+        if Path(path).is_dir() and self._mlflow is not None:
+            self._safely("log_artifacts", self._mlflow.log_artifacts, str(path), artifact_path)
+
+
+def _metric_key(key: str) -> str:
+    # MLflow keys allow / . - _ and spaces: ours fit, this only guards odd characters.
+    return "".join(c if c.isalnum() or c in "/._- " else "_" for c in key)
+
+
+@contextlib.contextmanager
+def stage_run(
+    cfg: Config, stage: str, method: str | None = None, data_dir: Path | None = None
+) -> Iterator[StageRun]:
+    """A child run (of $EXCON_PARENT_RUN_ID when set) tagged with stage, method, seed, git
+    commit and the prepared data's hash, with every parameter logged."""
+    if not cfg.tracking.enabled:
+        yield StageRun(None, None)
+        return
+    mlflow = configure(cfg)
+    try:
+        mlflow.set_experiment(cfg.tracking.experiment)
+        parent = os.environ.get(PARENT_ENV)
+        tags = {"excon.stage": stage, "excon.seed": str(cfg.train.seed)}
+        if method:
+            tags["excon.method"] = method
+        if parent:
+            tags["mlflow.parentRunId"] = parent
+        commit = git_commit()
+        if commit:
+            tags["git.commit"] = commit
+        digest = data_hash(data_dir) if data_dir is not None else None
+        if digest:
+            tags["excon.data_hash"] = digest
+        name = f"{stage}-{method}" if method else stage
+        run = mlflow.start_run(run_name=name, tags=tags)
+    except Exception as e:
+        print(f"[tracking] could not start a run, results kept on disk only: {e}", file=sys.stderr)
+        yield StageRun(None, None)
+        return
+    tracker = StageRun(mlflow, run.info.run_id)
+    params = {
+        k: json.dumps(v) if isinstance(v, (list, dict)) else v for k, v in flatten(cfg).items()
+    }
+    tracker._safely("log_params", mlflow.log_params, params)
+    status = "FAILED"
+    try:
+        yield tracker
+        status = "FINISHED"
+    finally:
+        with contextlib.suppress(Exception):
+            mlflow.end_run(status=status)
+
+
+def start_parent(cfg: Config) -> str:
+    """Create the parent run of one pipeline run and return its id."""
+    preflight(cfg)
+    mlflow = configure(cfg)
+    commit = git_commit()
+    tags = {"excon.stage": "pipeline", **({"git.commit": commit} if commit else {})}
+    run = mlflow.start_run(run_name=f"study-{cfg.data.dataset}", tags=tags)
+    mlflow.end_run()
+    return run.info.run_id
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m excon.tracking start-parent`: print a new parent run id (empty when off)."""
+    from excon.config import load_config
+
+    args = sys.argv[1:] if argv is None else argv
+    if args != ["start-parent"]:
+        print("usage: python -m excon.tracking start-parent", file=sys.stderr)
+        return 2
+    cfg = load_config("params.yaml" if Path("params.yaml").is_file() else None)
+    if not cfg.tracking.enabled:
+        return 0
+    try:
+        print(start_parent(cfg))
+    except TrackingError as e:
+        print(f"excon: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
