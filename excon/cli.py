@@ -185,6 +185,39 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_register(args: argparse.Namespace) -> int:
+    from excon.artifacts import write_json
+    from excon.registry import register
+
+    cfg = _config(args, [f"method.name={args.method}"] if args.method else [])
+    out = run_dir(cfg, args.run_dir)
+    result = register(cfg, out, data_dir(cfg, args.data))
+    write_json(out / "registered.json", result)
+    print(f"registered {result['name']} version {result['version']}: {result['decision']}")
+    for line in result["reasons"]:
+        print(f"  {line}")
+    return 0
+
+
+def cmd_promote(args: argparse.Namespace) -> int:
+    from excon.registry import promote
+
+    cfg = _config(args)
+    promote(cfg, args.name, args.version)
+    print(f"{args.name} version {args.version} is now @champion")
+    return 0
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    from excon.registry import explain_files, print_results
+    from excon.tracking import tracking_uri
+
+    cfg = _config(args)
+    results = explain_files(args.model, args.images, Path(args.out), tracking_uri=tracking_uri(cfg))
+    print_results(results)
+    return 0
+
+
 def format_table(rows: list[dict[str, Any]]) -> str:
     header = f"{'method':<8} {'val/top1':>9} {'test/top1':>10} {'test/top5':>10} {'train s':>8}"
     lines = [header, "-" * len(header)]
@@ -290,6 +323,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--runs", nargs="*", default=[], help="run directories (default: all evaluated)")
     p.add_argument("--out", help="output directory (default: <runs_dir>/<dataset>/report)")
 
+    p = stage("register", cmd_register, "register a model version; the gate may make it champion")
+    p.add_argument("--method", choices=METHODS, help="overrides method.name")
+    p.add_argument("--data", help="prepared dataset directory")
+    p.add_argument("--run-dir", help="run directory (evaluated)")
+
+    p = stage("promote", cmd_promote, "make a registered model version the champion")
+    p.add_argument("name", help="registered model name, e.g. excon-animals")
+    p.add_argument("version", type=int)
+
+    p = stage("explain", cmd_explain, "classify images with a registered model + Grad-CAM PNGs")
+    p.add_argument("--model", required=True, help="e.g. models:/excon-animals@champion")
+    p.add_argument("--out", default="explanations", help="folder for the overlay PNGs")
+    p.add_argument("images", nargs="+", help="image files")
+
     p = stage("study", cmd_study, "prepare, pre-train, probe, evaluate methods; print the report")
     p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     p.add_argument("--fresh", action="store_true", help="delete existing runs and start over")
@@ -299,13 +346,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     from excon.data.errors import DataError
-    from excon.tracking import TrackingError
+    from excon.tracking import RegistryError, TrackingError
     from excon.train import ResumeError
 
     args = build_parser().parse_args(argv)
     try:
         return args.fn(args)
-    except (ConfigError, DataError, ResumeError, TrackingError, FileNotFoundError) as e:
+    except (
+        ConfigError,
+        DataError,
+        ResumeError,
+        TrackingError,
+        RegistryError,
+        FileNotFoundError,
+    ) as e:
         # Expected failures (bad params, bad data, refused resume) get one line, not a traceback.
         print(f"excon {args.stage}: error: {e}", file=sys.stderr)
         return 2

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -33,6 +34,10 @@ class TrackingError(RuntimeError):
     """The tracking server cannot be used (unreachable, misconfigured)."""
 
 
+class RegistryError(RuntimeError):
+    """Registering or loading a model cannot proceed (tracking off, missing files, bad URI)."""
+
+
 def tracking_uri(cfg: Config) -> str:
     return cfg.tracking.uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI
 
@@ -42,6 +47,10 @@ def _mlflow() -> Any:
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
     import mlflow
+
+    # Store creation and migrations log at INFO on every new SQLite file: noise in stage logs.
+    for name in ("mlflow", "alembic"):
+        logging.getLogger(name).setLevel(logging.WARNING)
 
     return mlflow
 

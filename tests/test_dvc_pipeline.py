@@ -1,6 +1,7 @@
 """dvc.yaml end to end on a tiny copy of the study: every stage runs, a second repro is a no-op,
 and `dvc exp run -S method.tau=...` reruns excon's chain (and the report) only."""
 
+import json
 import os
 import re
 import shutil
@@ -76,9 +77,31 @@ def test_every_stage_runs(study):
     assert stages_run(first) == {
         "prepare",
         "report",
-        *(f"{s}@{m}" for s in ("pretrain", "probe", "evaluate") for m in ("ce", "supcon", "excon")),
+        *(
+            f"{s}@{m}"
+            for s in ("pretrain", "probe", "evaluate", "register")
+            for m in ("ce", "supcon", "excon")
+        ),
     }
     assert "| probe top-1 ↑ |" in (repo / "runs/animals/report/report.md").read_text()
+
+
+def test_registered_champion_explains_an_image(study):
+    import numpy as np
+    from PIL import Image
+
+    repo, env, _, _ = study
+    decisions = [
+        json.loads((repo / f"runs/animals/{m}/registered.json").read_text())["decision"]
+        for m in ("ce", "supcon", "excon")
+    ]
+    assert decisions[0] == "promoted"  # the first version has no champion to beat
+    Image.fromarray(np.full((28, 28), 200, np.uint8)).save(repo / "cat.png")
+    out = run(
+        ["excon", "explain", "--model", "models:/excon-animals@champion", "cat.png"], repo, env
+    )
+    assert "cat.png" in out
+    assert list((repo / "explanations").glob("*.png"))
 
 
 def test_second_repro_is_a_no_op(study):
@@ -97,4 +120,13 @@ def test_metrics_show(study):
 def test_changing_an_excon_parameter_reruns_only_excon(study):
     repo, env, dvc, _ = study
     log = run([*dvc, "exp", "run", "-S", "method.tau=0.6"], repo, env)
-    assert stages_run(log) == {"pretrain@excon", "probe@excon", "evaluate@excon", "report"}
+    assert stages_run(log) == {
+        "pretrain@excon",
+        "probe@excon",
+        "evaluate@excon",
+        "report",
+        # the report changed, so every method's registration is re-judged
+        "register@ce",
+        "register@supcon",
+        "register@excon",
+    }

@@ -1,0 +1,446 @@
+"""MLflow model registry: register an evaluated run behind a promotion gate, promote, load.
+
+A registered version is an MLflow **pyfunc** model whose artifacts are the run's own files
+(`model.safetensors`, `model.json`, `probe_head.safetensors`) and whose code is this package
+(`code_paths`), so it loads anywhere the pinned requirements install, without unpickling
+anything: the python model is logged as *code* (MLflow "models from code": a three-line
+script that instantiates `ExConPyfunc`), not as a cloudpickle, and the weights are read with
+safetensors.
+
+Predict contract (pyfunc and `load_registered` alike): a numpy **uint8** array `[N, H, W, C]`
+(C = the model's channels; `[N, H, W]` is accepted for 1-channel models outside the pyfunc
+schema) in 0..255, resized to the training size when it differs, normalised with the training
+mean/std -> float32 class probabilities `[N, num_classes]` of encoder + val-selected probe head.
+A numpy array rather than a DataFrame: images are tensors, and a tensor signature keeps the
+dtype/shape check in MLflow's schema enforcement.
+
+Promotion gate: every registered version gets alias `challenger` and its gate metrics as
+version tags (`metric.<key>`). It becomes `champion` when, against the current champion,
+    test/top1 >= champ - gate_top1_tolerance        calib/ece <= champ + gate_ece_tolerance
+    adv/pgd/eps4/acc >= champ - gate_pgd_tolerance  expl/avg_drop <= champ + gate_avg_drop_tolerance
+or when there is no champion yet. A metric the *challenger* lacks (or is NaN) fails its
+criterion: it cannot be shown to be at least as good. A metric only the *champion* lacks is
+skipped (nothing to compare against, like the no-champion case) and said so in the reasons.
+The decision (`gate.decision` = promoted/rejected/manual) and one line per criterion with both
+values (`gate.reasons`) are tagged on the version.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any
+
+import mlflow.pyfunc
+import numpy as np
+import torch
+
+from excon import tracking
+from excon.artifacts import MODEL_META, MODEL_WEIGHTS
+from excon.config import Config
+from excon.models import ExConNet
+from excon.tracking import RegistryError
+
+PROBE_HEAD = "probe_head.safetensors"  # = excon.probe.PROBE_HEAD (not imported: heavy module)
+EVAL_METRICS = Path("eval") / "metrics.json"
+CHAMPION, CHALLENGER = "champion", "challenger"
+MODEL_ARTIFACT = "model"
+METRIC_TAG = "metric."
+
+# (metric, direction, tolerance field): +1 higher is better, -1 lower is better
+GATE = (
+    ("test/top1", +1, "gate_top1_tolerance"),
+    ("calib/ece", -1, "gate_ece_tolerance"),
+    ("adv/pgd/eps4/acc", +1, "gate_pgd_tolerance"),
+    ("expl/avg_drop", -1, "gate_avg_drop_tolerance"),
+)
+
+# The model is logged as code: this script is what pyfunc executes to get the python model.
+_MODEL_CODE = (
+    "import mlflow\n"
+    "from excon.registry import ExConPyfunc\n"
+    "mlflow.models.set_model(ExConPyfunc())\n"
+)
+
+
+# --------------------------------------------------------------------------------------------
+# the network with its probe head, and the shared preprocessing
+
+
+def build_model(
+    meta: dict, weights: dict[str, torch.Tensor], head: dict[str, torch.Tensor]
+) -> ExConNet:
+    """ExConNet from model.json + its safetensors state, classifier = the probe head."""
+    model = ExConNet(
+        num_classes=meta["num_classes"],
+        arch=meta["arch"],
+        width=meta["width"],
+        in_channels=meta["in_channels"],
+        proj_dim=meta["proj_dim"],
+    )
+    model.load_state_dict(weights)
+    probe = torch.nn.Linear(head["weight"].shape[1], head["weight"].shape[0])
+    probe.load_state_dict(head)
+    model.classifier = probe
+    return model.eval()
+
+
+def load_files(directory: str | Path, device: str | torch.device = "cpu") -> tuple[ExConNet, dict]:
+    """Rebuild encoder + probe head from a directory holding our three files."""
+    from safetensors.torch import load_file
+
+    directory = Path(directory)
+    for name in (MODEL_META, MODEL_WEIGHTS, PROBE_HEAD):
+        if not (directory / name).is_file():
+            raise RegistryError(f"{directory / name}: missing")
+    meta = json.loads((directory / MODEL_META).read_text())
+    model = build_model(
+        meta,
+        load_file(str(directory / MODEL_WEIGHTS), device="cpu"),
+        load_file(str(directory / PROBE_HEAD), device="cpu"),
+    )
+    return model.to(device), meta
+
+
+def _size(meta: dict) -> tuple[int, int]:
+    size = meta["image_size"]
+    return (int(size), int(size)) if isinstance(size, int) else (int(size[0]), int(size[1]))
+
+
+def preprocess(meta: dict, images: Any, device: str | torch.device = "cpu") -> torch.Tensor:
+    """uint8 [N, H, W, C] (or [N, H, W] for 1 channel) -> normalised float [N, C, h, w] at the
+    training size, exactly as evaluation's "standard" view (resize on uint8, then scale)."""
+    from excon.data.views import build_transform
+
+    arr = np.asarray(images)
+    if arr.ndim == 3 and meta["in_channels"] == 1:
+        arr = arr[..., None]
+    if arr.ndim != 4 or arr.shape[-1] != meta["in_channels"]:
+        raise ValueError(
+            f"expected uint8 images [N, H, W, {meta['in_channels']}], got shape {arr.shape}"
+        )
+    if arr.dtype != np.uint8:
+        raise ValueError(f"expected uint8 images (0..255), got dtype {arr.dtype}")
+    x = torch.from_numpy(np.ascontiguousarray(arr)).permute(0, 3, 1, 2)
+    transform = build_transform(
+        "standard", _size(meta), meta["mean"], meta["std"], meta["in_channels"]
+    )
+    return transform(x).to(device)
+
+
+@torch.no_grad()
+def predict_proba(model: ExConNet, meta: dict, images: Any) -> np.ndarray:
+    device = next(model.parameters()).device
+    model.eval()
+    return torch.softmax(model(preprocess(meta, images, device)).float(), dim=1).cpu().numpy()
+
+
+class ExConPyfunc(mlflow.pyfunc.PythonModel):
+    """Encoder + probe head; `predict`: uint8 [N, H, W, C] -> probabilities [N, K]."""
+
+    # The input contract is the tensor signature logged with the model (see `_signature`), not
+    # type hints: this tells MLflow not to wrap `predict` in its type-hint validation.
+    _skip_type_hint_validation = True
+
+    def load_context(self, context: Any) -> None:
+        self.model, self.meta = load_files(Path(context.artifacts[MODEL_WEIGHTS]).parent)
+
+    def predict(self, context: Any, model_input, params: Any = None) -> Any:  # noqa: ANN001
+        return predict_proba(self.model, self.meta, model_input)
+
+
+# --------------------------------------------------------------------------------------------
+# registering
+
+
+def _requirements() -> list[str]:
+    """Pinned requirements of the pyfunc. `excon` itself is not on any index: its code travels
+    with the model (`code_paths`), so only its runtime dependencies are listed, pinned to the
+    versions this model was built and tested with (the local `+cpu`/`+cu*` tag dropped)."""
+    import importlib.metadata as md
+
+    def pin(dist: str) -> str:
+        return f"{dist}=={md.version(dist).split('+')[0]}"
+
+    return [pin(d) for d in ("torch", "torchvision", "safetensors", "numpy")]
+
+
+def model_name(cfg: Config, meta: dict) -> str:
+    return cfg.tracking.model_name or f"excon-{meta.get('dataset') or cfg.data.dataset}"
+
+
+def _signature(meta: dict) -> Any:
+    from mlflow.models import ModelSignature
+    from mlflow.types.schema import Schema, TensorSpec
+
+    c, k = meta["in_channels"], meta["num_classes"]
+    return ModelSignature(
+        inputs=Schema([TensorSpec(np.dtype(np.uint8), (-1, -1, -1, c))]),
+        outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, k))]),
+    )
+
+
+def _number(value: Any) -> float | None:
+    try:
+        out = float(value)
+    except (TypeError, ValueError):
+        return None
+    return None if math.isnan(out) else out
+
+
+def gate(cfg: Config, challenger: dict, champion: dict | None) -> tuple[bool, list[str]]:
+    """The promotion decision and one reason line per criterion (both values shown)."""
+    if champion is None:
+        return True, ["no champion yet: promoted"]
+    ok, reasons = True, []
+    for key, direction, tol_field in GATE:
+        tol = float(getattr(cfg.tracking, tol_field))
+        new, old = _number(challenger.get(key)), _number(champion.get(key))
+        if new is None:
+            ok = False
+            reasons.append(f"FAIL {key}: challenger has no value (champion {old})")
+            continue
+        if old is None:
+            reasons.append(f"skip {key}: champion has no value (challenger {new:.4f})")
+            continue
+        bound = old - tol if direction > 0 else old + tol
+        passed = new >= bound if direction > 0 else new <= bound
+        ok &= passed
+        op = ">=" if direction > 0 else "<="
+        reasons.append(
+            f"{'pass' if passed else 'FAIL'} {key}: challenger {new:.4f} {op} "
+            f"champion {old:.4f} {'-' if direction > 0 else '+'} tolerance {tol:g}"
+        )
+    return ok, reasons
+
+
+def _version_metrics(version: Any) -> dict[str, float | None]:
+    tags = version.tags or {}
+    return {key: _number(tags.get(METRIC_TAG + key)) for key, _, _ in GATE}
+
+
+def _champion(client: Any, name: str) -> Any | None:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client.get_model_version_by_alias(name, CHAMPION)
+    except MlflowException:
+        return None
+
+
+def register(cfg: Config, run_dir: Path, data_dir: Path | None = None) -> dict:
+    """Log the run in `run_dir` as a pyfunc model, register a new version with alias
+    `challenger`, and move `champion` to it when it passes the gate.
+
+    Returns {name, version, decision, reasons}."""
+    if not cfg.tracking.enabled:
+        raise RegistryError(
+            "registering a model needs MLflow tracking, which is off (tracking.enabled: false); "
+            "turn it on or drop --set tracking.enabled=false"
+        )
+    run_dir = Path(run_dir)
+    files = [run_dir / f for f in (MODEL_WEIGHTS, MODEL_META, PROBE_HEAD)]
+    missing = [str(f) for f in [*files, run_dir / EVAL_METRICS] if not f.is_file()]
+    if missing:
+        raise RegistryError(
+            f"cannot register {run_dir}: missing {', '.join(missing)} "
+            "(run pretrain, probe and evaluate first)"
+        )
+    meta = json.loads((run_dir / MODEL_META).read_text())
+    metrics = json.loads((run_dir / EVAL_METRICS).read_text())
+    name = model_name(cfg, meta)
+    tracking.preflight(cfg)
+    mlflow = tracking.configure(cfg)
+    client = mlflow.MlflowClient()
+    with tracking.stage_run(cfg, "register", meta.get("method"), data_dir) as tracker:
+        if tracker.run_id is None:
+            raise RegistryError(f"could not start an MLflow run at {tracking.tracking_uri(cfg)}")
+        tracker.log_metrics(metrics)
+        with tempfile.TemporaryDirectory() as tmp:
+            code = Path(tmp) / "excon_model.py"
+            code.write_text(_MODEL_CODE)
+            with warnings.catch_warnings():  # no input example: the signature says it all
+                warnings.filterwarnings("ignore", message=".*input example.*")
+                info = mlflow.pyfunc.log_model(
+                    name=MODEL_ARTIFACT,
+                    python_model=str(code),
+                    artifacts={f.name: str(f) for f in files},
+                    code_paths=[str(Path(__file__).parent)],
+                    pip_requirements=_requirements(),
+                    signature=_signature(meta),
+                )
+        tags = {
+            "excon.run_dir": str(run_dir),
+            "excon.method": str(meta.get("method")),
+            "excon.dataset": str(meta.get("dataset")),
+            **{
+                METRIC_TAG + key: repr(float(metrics[key]))
+                for key, _, _ in GATE
+                if _number(metrics.get(key)) is not None
+            },
+        }
+        version = mlflow.register_model(info.model_uri, name, tags=tags)
+    number = int(version.version)
+    client.set_registered_model_alias(name, CHALLENGER, str(number))
+    champ = _champion(client, name)
+    passed, reasons = gate(
+        cfg,
+        _version_metrics(client.get_model_version(name, str(number))),
+        None if champ is None else _version_metrics(champ),
+    )
+    if champ is not None:
+        reasons.insert(0, f"champion: version {champ.version}")
+    decision = "promoted" if passed else "rejected"
+    client.set_model_version_tag(name, str(number), "gate.decision", decision)
+    client.set_model_version_tag(name, str(number), "gate.reasons", "\n".join(reasons))
+    if passed:
+        client.set_registered_model_alias(name, CHAMPION, str(number))
+    return {"name": name, "version": number, "decision": decision, "reasons": reasons}
+
+
+def promote(cfg: Config, name: str, version: int) -> None:
+    """Manual promotion: alias `champion` -> `version`, tagged gate.decision=manual."""
+    if not cfg.tracking.enabled:
+        raise RegistryError("promoting a model needs MLflow tracking, which is off")
+    tracking.preflight(cfg)
+    client = tracking.configure(cfg).MlflowClient()
+    client.get_model_version(name, str(version))  # a clear MLflow error when it does not exist
+    client.set_model_version_tag(name, str(version), "gate.decision", "manual")
+    client.set_registered_model_alias(name, CHAMPION, str(version))
+
+
+# --------------------------------------------------------------------------------------------
+# loading and explaining
+
+
+def load_registered(
+    uri: str, device: str | torch.device = "cpu", tracking_uri: str | None = None
+) -> tuple[ExConNet, dict]:
+    """Our own loader for `models:/name@alias` or `models:/name/version` (or any MLflow model
+    URI): downloads the artifacts and rebuilds encoder + probe head with safetensors."""
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    mlflow = tracking._mlflow()  # its HTTP retry/timeout defaults
+    if tracking_uri:
+        mlflow.set_tracking_uri(tracking_uri)
+    with tempfile.TemporaryDirectory() as tmp:
+        local = None
+        if uri.startswith("models:/"):
+            # only the pyfunc's artifacts/ folder (our three files), not its code and env files
+            try:
+                local = Path(
+                    mlflow.artifacts.download_artifacts(
+                        artifact_uri=f"{uri.rstrip('/')}/artifacts", dst_path=tmp
+                    )
+                )
+            except Exception:
+                local = None
+        if local is None or not list(local.rglob(MODEL_WEIGHTS)):
+            local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=tmp))
+        found = sorted(local.rglob(MODEL_WEIGHTS))
+        if not found:
+            raise RegistryError(f"{uri}: no {MODEL_WEIGHTS} among the model's artifacts")
+        return load_files(found[0].parent, device)
+
+
+def gradcam_layer(meta: dict) -> str:
+    from excon.saliency import default_layer
+
+    return meta.get("gradcam_layer") or default_layer(meta["arch"], max(_size(meta)))
+
+
+def explain_images(model: ExConNet, meta: dict, images_uint8: np.ndarray) -> tuple[Any, Any]:
+    """(probabilities [N, C] float numpy, Grad-CAM maps [N, 1, h, w] in [0, 1] at the model's
+    input size) for the predicted class of each image, at the model's Grad-CAM layer."""
+    from excon.saliency import GradCam, normalise_maps
+
+    device = next(model.parameters()).device
+    model.eval()
+    x = preprocess(meta, images_uint8, device)
+    with torch.no_grad():
+        probs = torch.softmax(model(x).float(), dim=1)
+    maps = GradCam(model, gradcam_layer(meta))(x, probs.argmax(dim=1))
+    return probs.cpu().numpy(), normalise_maps(maps).cpu().numpy()
+
+
+def _overlay(image: Any, heat: np.ndarray, min_side: int = 224) -> Any:
+    """PIL image blended 50/50 with the jet-coloured map (upscaled to at least `min_side`)."""
+    from matplotlib import colormaps
+    from PIL import Image
+
+    image = image.convert("RGB")
+    scale = max(1, math.ceil(min_side / min(image.size)))
+    size = (image.size[0] * scale, image.size[1] * scale)
+    image = image.resize(size, Image.Resampling.BILINEAR)
+    heat_img = Image.fromarray((np.clip(heat, 0, 1) * 255).astype(np.uint8)).resize(
+        size, Image.Resampling.BILINEAR
+    )
+    colored = colormaps["jet"](np.asarray(heat_img) / 255.0)[..., :3]
+    blend = 0.5 * np.asarray(image, dtype=np.float32) / 255.0 + 0.5 * colored
+    return Image.fromarray((np.clip(blend, 0, 1) * 255).round().astype(np.uint8))
+
+
+def explain_files(
+    uri: str,
+    image_paths: list[str | Path],
+    out_dir: str | Path,
+    top: int = 3,
+    tracking_uri: str | None = None,
+) -> list[dict]:
+    """Predict and explain image files with the registered model at `uri`.
+
+    Returns per image {path, predicted, top: [{class, prob}] (top 3), probs (all classes, sum 1),
+    overlay_png}; writes a Grad-CAM overlay PNG per image into `out_dir` (atomically)."""
+    from PIL import Image
+
+    from excon.artifacts import atomic_path
+
+    model, meta = load_registered(uri, tracking_uri=tracking_uri)
+    mode = "L" if meta["in_channels"] == 1 else "RGB"
+    h, w = _size(meta)
+    originals, batch = [], []
+    for p in image_paths:
+        with Image.open(p) as im:
+            im = im.convert(mode)
+        originals.append(im)
+        batch.append(np.asarray(im.resize((w, h), Image.Resampling.BILINEAR), dtype=np.uint8))
+    if not batch:
+        return []
+    probs, maps = explain_images(model, meta, np.stack(batch))
+    names = meta.get("class_names") or [str(i) for i in range(meta["num_classes"])]
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    used: set[str] = set()
+    results = []
+    for i, p in enumerate(image_paths):
+        stem = Path(p).stem
+        fname = f"{stem}_gradcam.png"
+        if fname in used:
+            fname = f"{stem}_{i}_gradcam.png"
+        used.add(fname)
+        target = out_dir / fname
+        heat = maps[i, 0]
+        with atomic_path(target) as tmp:
+            _overlay(originals[i], heat).save(tmp, format="PNG")
+        order = np.argsort(-probs[i])[:top]
+        results.append(
+            {
+                "path": str(p),
+                "predicted": names[int(order[0])],
+                "top": [{"class": names[int(j)], "prob": float(probs[i, j])} for j in order],
+                "probs": {names[j]: float(probs[i, j]) for j in range(len(names))},
+                "overlay_png": str(target),
+            }
+        )
+    return results
+
+
+def print_results(results: list[dict]) -> None:
+    """One line per explained image (for the CLI)."""
+    for r in results:
+        tops = ", ".join(f"{t['class']} {t['prob']:.3f}" for t in r["top"])
+        print(f"{r['path']}: {tops} -> {r['overlay_png']}", file=sys.stdout)

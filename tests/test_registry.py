@@ -1,0 +1,190 @@
+"""Model registry: pyfunc logging, promotion gate, manual promotion, own loader, explanations.
+
+MLflow runs on a local SQLite store under tmp; the "runs" are tiny networks saved with the real
+writers (save_model, save_probe_head) and hand-set eval metrics, so every gate decision is known.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from excon import registry
+from excon.artifacts import model_meta, save_model, write_json
+from excon.config import load_config
+from excon.models import ExConNet
+from excon.probe import save_probe_head
+
+mlflow = pytest.importorskip("mlflow")
+
+GOOD = {"test/top1": 0.5, "calib/ece": 0.10, "adv/pgd/eps4/acc": 0.20, "expl/avg_drop": 0.50}
+WORSE_TOP1 = {**GOOD, "test/top1": 0.40}
+BETTER = {"test/top1": 0.6, "calib/ece": 0.05, "adv/pgd/eps4/acc": 0.30, "expl/avg_drop": 0.40}
+
+
+def make_run(run_dir: Path, metrics: dict, seed: int = 0, channels: int = 3) -> Path:
+    torch.manual_seed(seed)
+    model = ExConNet(num_classes=3, width=0.0625, in_channels=channels, proj_dim=8)
+    data_meta = {
+        "dataset": "blobs",
+        "class_names": ["a", "b", "c"],
+        "mean": [0.3] * channels,
+        "std": [0.25] * channels,
+        "image_size": [16, 16],
+        "method": "supcon",
+        "gradcam_layer": None,
+    }
+    cfg = load_config(None, ["model.width=0.0625", "model.proj_dim=8"])
+    save_model(run_dir, model, model_meta(cfg.model, 3, channels, data_meta))
+    save_probe_head(run_dir, torch.nn.Linear(model.encoder.feature_dim, 3))
+    write_json(run_dir / "eval" / "metrics.json", {"method": "supcon", **metrics})
+    return run_dir
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory) -> str:
+    """A SQLite tracking store with the test experiment's artifacts under tmp."""
+    tmp = tmp_path_factory.mktemp("mlflow")
+    uri = f"sqlite:///{tmp}/mlflow.db"
+    old = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    mlflow.create_experiment("reg-test", artifact_location=(tmp / "artifacts").as_uri())
+    yield uri
+    mlflow.set_tracking_uri(old)
+
+
+def config(store: str, *extra: str):
+    return load_config(None, [f"tracking.uri={store}", "tracking.experiment=reg-test", *extra])
+
+
+@pytest.fixture(scope="module")
+def registered(store, tmp_path_factory) -> tuple[str, Path]:
+    """One registered (champion) model under its own name, shared by the loading tests."""
+    run = make_run(tmp_path_factory.mktemp("run") / "supcon", GOOD, seed=3)
+    out = registry.register(config(store, "tracking.model_name=excon-shared"), run)
+    assert out["decision"] == "promoted"
+    return out["name"], run
+
+
+def alias(client, name: str) -> int:
+    return int(client.get_model_version_by_alias("excon-blobs", name).version)
+
+
+def test_gate_flow_and_manual_promotion(store, tmp_path):
+    cfg = config(store)
+    client = mlflow.MlflowClient()
+
+    first = registry.register(cfg, make_run(tmp_path / "r1", GOOD, seed=1))
+    assert first["name"] == "excon-blobs" and first["version"] == 1
+    assert first["decision"] == "promoted"
+    assert alias(client, "champion") == 1
+    v1 = client.get_model_version("excon-blobs", "1")
+    assert float(v1.tags["metric.test/top1"]) == 0.5
+    assert v1.tags["gate.decision"] == "promoted"
+
+    worse = registry.register(cfg, make_run(tmp_path / "r2", WORSE_TOP1, seed=2))
+    assert worse["version"] == 2 and worse["decision"] == "rejected"
+    assert alias(client, "champion") == 1
+    assert alias(client, "challenger") == 2
+    tags = client.get_model_version("excon-blobs", "2").tags
+    assert tags["gate.decision"] == "rejected"
+    failing = [line for line in tags["gate.reasons"].splitlines() if line.startswith("FAIL")]
+    assert len(failing) == 1 and "test/top1" in failing[0]
+    assert "0.4000" in failing[0] and "0.5000" in failing[0]  # both values
+
+    better = registry.register(cfg, make_run(tmp_path / "r3", BETTER, seed=4))
+    assert better["decision"] == "promoted"
+    assert alias(client, "champion") == 3
+    assert sum(line.startswith("pass") for line in better["reasons"]) == 4
+
+    registry.promote(cfg, "excon-blobs", 2)
+    assert alias(client, "champion") == 2
+    assert client.get_model_version("excon-blobs", "2").tags["gate.decision"] == "manual"
+
+
+def test_gate_semantics_missing_metrics_and_tolerance():
+    cfg = load_config(None, ["tracking.gate_top1_tolerance=0.02"])
+    ok, reasons = registry.gate(cfg, {**GOOD, "test/top1": 0.49}, GOOD)
+    assert ok, reasons  # within tolerance
+    no_drop = {k: v for k, v in GOOD.items() if k != "expl/avg_drop"}
+    ok, reasons = registry.gate(cfg, no_drop, GOOD)  # challenger lacks a metric: fails it
+    assert not ok and any(r.startswith("FAIL expl/avg_drop") for r in reasons)
+    ok, reasons = registry.gate(cfg, GOOD, no_drop)  # champion lacks it: skipped
+    assert ok and any(r.startswith("skip expl/avg_drop") for r in reasons)
+    ok, _ = registry.gate(cfg, {**GOOD, "calib/ece": float("nan")}, GOOD)  # NaN = missing
+    assert not ok
+    assert registry.gate(cfg, {}, None)[0]  # no champion: passes
+
+
+def test_pyfunc_matches_own_loader(registered):
+    name, _ = registered
+    images = np.random.default_rng(0).integers(0, 256, (5, 20, 20, 3), dtype=np.uint8)
+    pyfunc = mlflow.pyfunc.load_model(f"models:/{name}@champion")
+    probs = np.asarray(pyfunc.predict(images))
+    model, meta = registry.load_registered(f"models:/{name}/1")
+    ours = registry.predict_proba(model, meta, images)
+    assert probs.shape == (5, 3)
+    np.testing.assert_allclose(probs, ours, atol=1e-5)
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-5)
+    with pytest.raises(Exception, match=r"uint8|dtype|float"):
+        pyfunc.predict(images.astype(np.float32))
+
+
+def test_logged_model_holds_safetensors_not_pickles(registered, tmp_path):
+    name, run = registered
+    local = Path(mlflow.artifacts.download_artifacts(f"models:/{name}/1", dst_path=str(tmp_path)))
+    files = {p.name for p in local.rglob("*") if p.is_file()}
+    assert {"model.safetensors", "model.json", "probe_head.safetensors", "MLmodel"} <= files
+    assert not [f for f in files if f.endswith((".pkl", ".pt", ".pt2", ".pth"))]
+    reqs = (local / "requirements.txt").read_text().split()
+    assert any(r.startswith("torch==") for r in reqs)
+    assert json.loads((local / "artifacts" / "model.json").read_text()) == json.loads(
+        (run / "model.json").read_text()
+    )
+
+
+def test_explain_files_writes_overlays(registered, tmp_path):
+    name, _ = registered
+    rng = np.random.default_rng(1)
+    rgb = tmp_path / "in" / "rgb.png"
+    gray = tmp_path / "in" / "gray.jpg"
+    rgb.parent.mkdir()
+    Image.fromarray(rng.integers(0, 256, (24, 30, 3), dtype=np.uint8)).save(rgb)
+    Image.fromarray(rng.integers(0, 256, (16, 16), dtype=np.uint8), mode="L").save(gray)
+    out = registry.explain_files(f"models:/{name}@champion", [rgb, gray], tmp_path / "out")
+    assert [r["path"] for r in out] == [str(rgb), str(gray)]
+    for r in out:
+        assert sum(r["probs"].values()) == pytest.approx(1.0, abs=1e-5)
+        assert len(r["top"]) == 3 and r["top"][0]["class"] == r["predicted"]
+        probs = [t["prob"] for t in r["top"]]
+        assert probs == sorted(probs, reverse=True)
+        with Image.open(r["overlay_png"]) as im:
+            assert im.format == "PNG" and im.mode == "RGB" and min(im.size) >= 224
+    assert not list((tmp_path / "out").glob(".*.tmp"))
+
+
+def test_explain_images_maps(registered):
+    name, _ = registered
+    model, meta = registry.load_registered(f"models:/{name}@champion")
+    images = np.random.default_rng(2).integers(0, 256, (2, 16, 16, 3), dtype=np.uint8)
+    probs, maps = registry.explain_images(model, meta, images)
+    assert probs.shape == (2, 3) and maps.shape == (2, 1, 16, 16)
+    assert maps.min() >= 0 and maps.max() <= 1
+
+
+def test_register_needs_tracking(tmp_path):
+    cfg = load_config(None, ["tracking.enabled=false"])
+    with pytest.raises(registry.RegistryError, match="needs MLflow tracking"):
+        registry.register(cfg, make_run(tmp_path / "r", GOOD))
+
+
+def test_register_missing_eval_is_clear(store, tmp_path):
+    run = make_run(tmp_path / "r", GOOD)
+    (run / "eval" / "metrics.json").unlink()
+    with pytest.raises(registry.RegistryError, match=r"eval/metrics\.json"):
+        registry.register(config(store), run)
