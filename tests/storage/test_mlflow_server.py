@@ -1,0 +1,104 @@
+"""A real MLflow server (SQLite backend, artifacts proxied to S3 on the SeaweedFS fixture):
+registering a model puts its files in the bucket, and it loads back through the registry."""
+
+import os
+import subprocess
+import sys
+import time
+import urllib.request
+
+import mlflow
+import numpy as np
+import pytest
+import torch
+
+from excon.artifacts import model_meta, save_model, write_json
+from excon.config import load_config
+from excon.models import ExConNet
+from excon.probe import save_probe_head
+from excon.registry import load_registered, predict_proba, register
+
+
+def tiny_run(run_dir):
+    torch.manual_seed(0)
+    model = ExConNet(num_classes=3, width=0.0625, in_channels=3, proj_dim=8)
+    cfg = load_config(None, ["model.width=0.0625", "model.proj_dim=8"])
+    meta = {
+        "dataset": "blobs",
+        "class_names": ["a", "b", "c"],
+        "mean": [0.3] * 3,
+        "std": [0.25] * 3,
+        "image_size": [16, 16],
+        "method": "supcon",
+        "gradcam_layer": None,
+    }
+    save_model(run_dir, model, model_meta(cfg.model, 3, 3, meta))
+    save_probe_head(run_dir, torch.nn.Linear(model.encoder.feature_dim, 3))
+    write_json(run_dir / "eval" / "metrics.json", {"method": "supcon", "test/top1": 0.5})
+    return run_dir
+
+
+@pytest.fixture
+def mlflow_server(s3_env, bucket, tmp_path):
+    port = __import__("socket").socket()
+    port.bind(("127.0.0.1", 0))
+    number = port.getsockname()[1]
+    port.close()
+    env = {**os.environ, "MLFLOW_S3_ENDPOINT_URL": s3_env.endpoint}
+    cmd = [
+        sys.executable,
+        "-m",
+        "mlflow",
+        "server",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(number),
+        "--backend-store-uri",
+        f"sqlite:///{tmp_path}/server.db",
+        "--artifacts-destination",
+        f"s3://{bucket}/mlflow",
+        "--workers",
+        "1",
+    ]
+    with open(tmp_path / "server.log", "wb") as log:  # the child keeps its own descriptor
+        proc = subprocess.Popen(
+            cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    url = f"http://127.0.0.1:{number}"
+    deadline = time.monotonic() + 90
+    while True:
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=2) as r:
+                if r.status == 200:
+                    break
+        except OSError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail(
+                f"mlflow server did not start:\n{(tmp_path / 'server.log').read_text()[-3000:]}"
+            )
+        time.sleep(0.5)
+    yield url, bucket, s3_env
+    os.killpg(proc.pid, 15)
+    proc.wait(timeout=20)
+
+
+def test_registered_model_lands_in_the_bucket_and_loads_back(mlflow_server, tmp_path, monkeypatch):
+    url, bucket, s3 = mlflow_server
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", url)
+    cfg = load_config(None, [f"tracking.uri={url}", "tracking.model_name=excon-s3test"])
+    result = register(cfg, tiny_run(tmp_path / "run"))
+    assert result["decision"] == "promoted"
+
+    keys = [o["Key"] for o in s3.client().list_objects_v2(Bucket=bucket).get("Contents", [])]
+    assert any(k.startswith("mlflow/") and k.endswith("model.safetensors") for k in keys), keys
+
+    images = np.random.default_rng(0).integers(0, 256, (2, 16, 16, 3), dtype=np.uint8)
+    mlflow.set_tracking_uri(url)
+    pyfunc = mlflow.pyfunc.load_model("models:/excon-s3test@champion")
+    model, meta = load_registered("models:/excon-s3test@champion", tracking_uri=url)
+    np.testing.assert_allclose(
+        pyfunc.predict(images), predict_proba(model, meta, images), atol=1e-5
+    )
