@@ -56,6 +56,7 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     if args.download:
         extra.append("data.download=true")
     cfg = _config(args, extra)
+    storage_preflight(cfg)
     out = data_dir(cfg, args.out)
     d = cfg.data
     start = time.perf_counter()
@@ -70,12 +71,41 @@ def cmd_prepare(args: argparse.Namespace) -> int:
         image_size=d.image_size,
         limit_per_class=d.limit_per_class,
     )
+    mirror(cfg, out)
     splits = ", ".join(f"{k} {v}" for k, v in manifest["splits"].items())
     print(
         f"prepared {d.dataset} -> {out}: {manifest['num_classes']} classes, {splits} "
         f"({time.perf_counter() - start:.1f} s)"
     )
     return 0
+
+
+def storage_preflight(cfg: Config) -> None:
+    """Wrong credentials or a missing bucket stop a stage before its work, in one line."""
+    if cfg.storage.artifacts_url:
+        from excon.storage import check_access
+
+        check_access(cfg.storage.artifacts_url)
+
+
+def mirror(cfg: Config, *paths: Path) -> None:
+    """Upload what a stage wrote to storage.artifacts_url/<path> (unchanged files skipped)."""
+    if not cfg.storage.artifacts_url:
+        return
+    from excon.storage import upload_dir, upload_file
+
+    base = cfg.storage.artifacts_url.rstrip("/")
+    for path in paths:
+        rel = Path(path).resolve().relative_to(Path.cwd().resolve()).as_posix()
+        if Path(path).is_dir():
+            done = upload_dir(path, f"{base}/{rel}")
+            print(
+                f"[storage] {rel} -> {base}/{rel}: {done.transferred} uploaded, "
+                f"{done.skipped} unchanged",
+                file=sys.stderr,
+            )
+        elif Path(path).is_file():
+            upload_file(path, f"{base}/{rel}")
 
 
 def tracked_pretrain(cfg: Config, data: Path, out: Path, resume: bool | str) -> dict:
@@ -131,11 +161,13 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
 
     cfg = _config(args, [f"method.name={args.method}"] if args.method else [])
     preflight(cfg)
+    storage_preflight(cfg)
     out = run_dir(cfg, args.run_dir)
     if args.fresh:
         _remove_run(out)
     resume = "auto" if args.resume_compatible else args.resume
     summary = tracked_pretrain(cfg, data_dir(cfg, args.data), out, resume)
+    mirror(cfg, out)
     print(f"trained {cfg.method.name} -> {out}: val/top1 {summary['val/top1']:.4f}")
     return 0
 
@@ -151,7 +183,12 @@ def cmd_probe(args: argparse.Namespace) -> int:
 
     cfg = _config(args, [f"method.name={args.method}"] if args.method else [])
     preflight(cfg)
-    metrics = tracked_probe(cfg, data_dir(cfg, args.data), run_dir(cfg, args.run_dir), args.out)
+    storage_preflight(cfg)
+    out = run_dir(cfg, args.run_dir)
+    metrics = tracked_probe(cfg, data_dir(cfg, args.data), out, args.out)
+    mirror(
+        cfg, out / "probe_head.safetensors", Path(args.out) if args.out else out / "metrics.json"
+    )
     print(json.dumps(metrics, indent=2))
     return 0
 
@@ -161,8 +198,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     cfg = _config(args, [f"method.name={args.method}"] if args.method else [])
     preflight(cfg)
+    storage_preflight(cfg)
     out = run_dir(cfg, args.run_dir)
     metrics = tracked_evaluate(cfg, data_dir(cfg, args.data), out)
+    mirror(cfg, out / "eval")
     print(f"evaluated {out}: {len(metrics)} metrics -> {out / 'eval' / 'metrics.json'}")
     return 0
 
@@ -173,6 +212,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     cfg = _config(args)
     preflight(cfg)
+    storage_preflight(cfg)
     runs = [Path(r) for r in args.runs] or sorted(
         p.parent for p in (Path(cfg.train.runs_dir) / cfg.data.dataset).glob("*/eval")
     )
@@ -180,6 +220,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         raise FileNotFoundError("no evaluated runs given or found; pass --runs DIR...")
     out = Path(args.out) if args.out else Path(cfg.train.runs_dir) / cfg.data.dataset / "report"
     summary = tracked_report(cfg, runs, out)
+    mirror(cfg, out)
     print(markdown_table(summary))
     print(f"\nreport -> {out / 'report.md'} (+ report.json, plots)")
     return 0
@@ -346,6 +387,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     from excon.data.errors import DataError
+    from excon.storage import StorageError
     from excon.tracking import RegistryError, TrackingError
     from excon.train import ResumeError
 
@@ -358,6 +400,7 @@ def main(argv: list[str] | None = None) -> int:
         ResumeError,
         TrackingError,
         RegistryError,
+        StorageError,
         FileNotFoundError,
     ) as e:
         # Expected failures (bad params, bad data, refused resume) get one line, not a traceback.

@@ -134,6 +134,14 @@ class TrackingConfig:
 
 
 @dataclass
+class StorageConfig:
+    # When set (s3://bucket/prefix), every stage mirrors what it wrote to <url>/<path>, with
+    # sha256 checks: a team's shared copy of prepared data and runs beside DVC's remote.
+    # Credentials and endpoint come from the AWS environment variables, never from here.
+    artifacts_url: str | None = None
+
+
+@dataclass
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -143,6 +151,7 @@ class Config:
     probe: ProbeConfig = field(default_factory=ProbeConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    storage: StorageConfig = field(default_factory=StorageConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -191,6 +200,10 @@ _RULES: dict[str, tuple[typing.Callable[[Any], bool], str]] = {
     "eval.top_frac": (lambda v: 0 < v < 1, "in (0, 1)"),
     "eval.deletion_steps": _POSITIVE,
     "eval.grid_images": (lambda v: 0 <= v <= 64, "in [0, 64]"),
+    "storage.artifacts_url": (
+        lambda v: v is None or v.startswith("s3://"),
+        "an s3://bucket/prefix URL or null",
+    ),
     "tracking.gate_top1_tolerance": _NON_NEGATIVE,
     "tracking.gate_ece_tolerance": _NON_NEGATIVE,
     "tracking.gate_pgd_tolerance": _NON_NEGATIVE,

@@ -42,6 +42,10 @@ def test_yaml_and_overrides(tmp_path):
         ("probe.lrs=[]", r"probe\.lrs: got \[\], must be a non-empty list"),
         ("train.batch_size=1", r"train\.batch_size: got 1, must be >= 2"),
         ("epochs=3", r"expected section\.key=value"),
+        (
+            "storage.artifacts_url=http://x/y",
+            r"storage\.artifacts_url: got 'http://x/y', must be an s3://",
+        ),
     ],
 )
 def test_errors_name_the_key(override, message):
