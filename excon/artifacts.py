@@ -83,12 +83,17 @@ def load_model(run_dir: str | Path, device: str | torch.device = "cpu") -> tuple
         if not p.is_file():
             raise FileNotFoundError(f"{p}: missing; run `excon pretrain` for this run first")
     meta = json.loads(meta_path.read_text())
-    model = ExConNet(
+    model = build_network(meta)
+    model.load_state_dict(load_file(str(weights_path), device="cpu"))
+    return model.to(device), meta
+
+
+def build_network(meta: dict) -> ExConNet:
+    """An untrained network with the architecture `model.json` describes."""
+    return ExConNet(
         num_classes=meta["num_classes"],
         arch=meta["arch"],
         width=meta["width"],
         in_channels=meta["in_channels"],
         proj_dim=meta["proj_dim"],
     )
-    model.load_state_dict(load_file(str(weights_path), device="cpu"))
-    return model.to(device), meta

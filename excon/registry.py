@@ -41,7 +41,7 @@ import numpy as np
 import torch
 
 from excon import tracking
-from excon.artifacts import MODEL_META, MODEL_WEIGHTS
+from excon.artifacts import MODEL_META, MODEL_WEIGHTS, build_network
 from excon.config import Config
 from excon.models import ExConNet
 from excon.tracking import RegistryError
@@ -76,13 +76,7 @@ def build_model(
     meta: dict, weights: dict[str, torch.Tensor], head: dict[str, torch.Tensor]
 ) -> ExConNet:
     """ExConNet from model.json + its safetensors state, classifier = the probe head."""
-    model = ExConNet(
-        num_classes=meta["num_classes"],
-        arch=meta["arch"],
-        width=meta["width"],
-        in_channels=meta["in_channels"],
-        proj_dim=meta["proj_dim"],
-    )
+    model = build_network(meta)
     model.load_state_dict(weights)
     probe = torch.nn.Linear(head["weight"].shape[1], head["weight"].shape[0])
     probe.load_state_dict(head)
