@@ -15,6 +15,11 @@ from safetensors.torch import load_file, save_file
 
 from excon.models import ExConNet
 
+
+class UnreadableCheckpoint(RuntimeError):
+    """A checkpoint file exists but cannot be loaded (truncated, corrupt, not ours)."""
+
+
 MODEL_WEIGHTS = "model.safetensors"
 MODEL_META = "model.json"
 
@@ -29,10 +34,20 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     os.close(fd)
     try:
         yield Path(tmp)
+        _fsync(tmp)  # the bytes reach the disk before the name does: no empty file after a crash
         os.replace(tmp, path)
+        _fsync(path.parent)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def _fsync(path: str | Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def write_json(path: str | Path, obj: Any) -> None:
@@ -52,7 +67,10 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
     # weights_only: a checkpoint holds tensors, numbers and strings only; nothing executes.
-    return torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise UnreadableCheckpoint(f"{path} is unreadable ({e}); pass --fresh to start over") from e
 
 
 def save_model(run_dir: str | Path, model: ExConNet, meta: dict[str, Any]) -> None:

@@ -71,7 +71,10 @@ def contrastive_step(
     h = model.encoder(torch.cat(views))  # one forward for all views: BN sees the whole batch
     z = model.projector(h).view(len(views), batch, -1).transpose(0, 1)
     negatives_only = None if cfg.background_anchor else background
-    loss = supcon_loss(z, labels, cfg.temperature, cfg.base_temperature, negatives_only)
+    # The loss in fp32 even under bf16 autocast: logits near 1/temperature = 10 lose ~0.03 in
+    # bf16, which coarsens the contrastive gradients (the reference computes it in fp32).
+    with torch.autocast(z.device.type, enabled=False):
+        loss = supcon_loss(z.float(), labels, cfg.temperature, cfg.base_temperature, negatives_only)
     stats = {"loss": loss.detach(), "contrastive_loss": loss.detach()}
     if cfg.head_training == "online":
         # Detached features: the head learns from the encoder but never shapes it.

@@ -103,7 +103,8 @@ def probe(
         loader = make_loader(
             ds, cfg.probe.batch_size, train=False, num_workers=cfg.data.num_workers
         )
-        feats[split] = extract_features(model.encoder, loader, device, cfg.train.amp)
+        # fp32 even on CUDA: evaluation scores encoder + probe in fp32, and must agree.
+        feats[split] = extract_features(model.encoder, loader, device, amp=False)
     # Standardising with train statistics makes one lr grid fit every method's feature scale.
     mu = feats["train"][0].mean(0)
     sd = feats["train"][0].std(0).clamp(min=1e-6)

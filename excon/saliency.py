@@ -17,6 +17,7 @@ import torch
 from captum.attr import LayerAttribution, LayerGradCam
 from torch import nn
 
+from excon.config import ConfigError
 from excon.models import ExConNet
 
 # The reference's layers: an early layer for 32 px data, the last block for 64 px data.
@@ -39,15 +40,15 @@ def resolve_layer(encoder: nn.Module, spec: str) -> nn.Module:
     for part in spec.split("."):
         m = re.fullmatch(r"([A-Za-z_]\w*)((?:\[\d+\])*)", part)
         if m is None:
-            raise ValueError(f"gradcam layer {spec!r}: cannot parse {part!r}")
+            raise ConfigError(f"gradcam layer {spec!r}: cannot parse {part!r}")
         try:
             module = getattr(module, m.group(1))
             for index in re.findall(r"\[(\d+)\]", m.group(2)):
                 module = module[int(index)]
         except (AttributeError, IndexError, TypeError):
-            raise ValueError(f"gradcam layer {spec!r} does not exist in the encoder") from None
+            raise ConfigError(f"gradcam layer {spec!r} does not exist in the encoder") from None
     if not isinstance(module, nn.Module):
-        raise ValueError(f"gradcam layer {spec!r} is not a module")
+        raise ConfigError(f"gradcam layer {spec!r} is not a module")
     return module
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import json
 import math
 import random
@@ -288,6 +289,31 @@ def changed_parameters(saved: dict[str, Any], cfg: Config) -> list[str]:
     ]
 
 
+def run_fingerprint(data_dir: Path) -> dict[str, str]:
+    """What else a resumed run must share with its checkpoint: the prepared data (its
+    manifest lists every file's sha256) and the excon source code."""
+    code = hashlib.sha256()
+    package = Path(__file__).resolve().parent
+    for path in sorted(package.rglob("*.py")):
+        code.update(path.relative_to(package).as_posix().encode() + path.read_bytes())
+    manifest = data_dir / "manifest.json"
+    data = hashlib.sha256(manifest.read_bytes()).hexdigest() if manifest.is_file() else ""
+    return {"data": data, "code": code.hexdigest()}
+
+
+def _obsolete_reasons(ckpt: dict[str, Any], cfg: Config, fingerprint: dict[str, str]) -> list[str]:
+    """Why a checkpoint cannot be continued as the run `cfg` (empty: it can)."""
+    reasons = []
+    changed = changed_parameters(ckpt["config"], cfg)
+    if changed:
+        reasons.append(f"trained with other parameters ({', '.join(changed)})")
+    saved = ckpt.get("fingerprint", {})
+    for part, label in (("data", "the prepared data"), ("code", "the excon code")):
+        if saved.get(part) != fingerprint[part]:
+            reasons.append(f"{label} changed since it was written")
+    return reasons
+
+
 def pretrain(
     cfg: Config,
     data_dir: str | Path,
@@ -344,24 +370,24 @@ def pretrain(
 
     start_epoch, history = 0, []
     ckpt_path = run_dir / CHECKPOINT
+    fingerprint = run_fingerprint(Path(data_dir))
     if ckpt_path.exists():
         if not resume:
             raise ResumeError(
                 f"{ckpt_path} exists; pass --resume to continue it, or --fresh to start over"
             )
-        ckpt = artifacts.load_checkpoint(ckpt_path)
-        changed = changed_parameters(ckpt["config"], cfg)
-        if changed and resume == "auto":
-            # DVC reruns a stage because its parameters changed: the old run is obsolete.
-            print(
-                f"{ckpt_path}: parameters changed ({', '.join(changed)}); starting over",
-                file=sys.stderr,
-            )
+        try:
+            ckpt = artifacts.load_checkpoint(ckpt_path)
+            obsolete = _obsolete_reasons(ckpt, cfg, fingerprint)
+        except artifacts.UnreadableCheckpoint as e:
+            obsolete = [str(e).split(";")[0]]
+        if obsolete and resume == "auto":
+            # DVC reruns the stage because a dependency changed: the old run is obsolete.
+            print(f"{ckpt_path}: {'; '.join(obsolete)}; starting over", file=sys.stderr)
             ckpt_path.unlink()
-        elif changed:
+        elif obsolete:
             raise ResumeError(
-                f"{ckpt_path} was trained with other parameters ({', '.join(changed)}); "
-                "restore them, or pass --fresh to start over"
+                f"{ckpt_path}: {'; '.join(obsolete)}; restore them, or pass --fresh to start over"
             )
     if ckpt_path.exists():
         model.load_state_dict(ckpt["model"])
@@ -437,6 +463,7 @@ def pretrain(
                 "rng": _rng_state(),
                 "history": history,
                 "config": cfg.to_dict(),
+                "fingerprint": fingerprint,
             },
         )
         artifacts.write_text(run_dir / METRICS_LOG, "".join(json.dumps(r) + "\n" for r in history))

@@ -133,7 +133,8 @@ def test_excon_run_writes_saliency_grids(prepared, tiny_config, tmp_path):
     log = [json.loads(x) for x in (tmp_path / "run" / train.METRICS_LOG).read_text().splitlines()]
     assert "train/accept_rate" not in log[0]  # epoch 1: SupCon phase
     assert 0 <= log[1]["train/accept_rate"] <= 1
-    assert log[1]["train/backgrounds"] >= 0
+    # every rejected masked view became one background negative (batch 16, negative_pair on)
+    assert log[1]["train/backgrounds"] == pytest.approx(16 * (1 - log[1]["train/accept_rate"]))
 
 
 def test_auto_resume_starts_over_when_training_parameters_change(prepared, tiny_config, tmp_path):
@@ -150,3 +151,26 @@ def test_auto_resume_starts_over_when_training_parameters_change(prepared, tiny_
     summary = pretrain(changed, prepared, tmp_path / "run", resume="auto")
     ckpt = artifacts.load_checkpoint(tmp_path / "run" / train.CHECKPOINT)
     assert ckpt["config"]["optim"]["lr"] == 0.2 and summary["epochs"] == 1
+
+
+def test_resume_refuses_changed_code_or_data_and_auto_starts_over(prepared, tiny_config, tmp_path):
+    cfg = tiny_config("method.name=ce", "train.epochs=1")
+    run = tmp_path / "run"
+    pretrain(cfg, prepared, run)
+    ckpt = artifacts.load_checkpoint(run / train.CHECKPOINT)
+    ckpt["fingerprint"]["code"] = "older code"
+    artifacts.save_checkpoint(run / train.CHECKPOINT, ckpt)
+    with pytest.raises(ResumeError, match="the excon code changed"):
+        pretrain(cfg, prepared, run, resume=True)
+    pretrain(cfg, prepared, run, resume="auto")  # DVC's mode: retrain
+    fresh = artifacts.load_checkpoint(run / train.CHECKPOINT)
+    assert fresh["fingerprint"]["code"] != "older code"
+
+
+def test_truncated_checkpoint_is_a_clear_error(prepared, tiny_config, tmp_path):
+    cfg = tiny_config("method.name=ce", "train.epochs=1")
+    pretrain(cfg, prepared, tmp_path / "run")
+    (tmp_path / "run" / train.CHECKPOINT).write_bytes(b"")
+    with pytest.raises(ResumeError, match="unreadable"):
+        pretrain(cfg, prepared, tmp_path / "run", resume=True)
+    assert pretrain(cfg, prepared, tmp_path / "run", resume="auto")["epochs"] == 1
