@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from excon.data.errors import DataError
+from excon.data.splits import stratified_split
 
 FORMAT_VERSION = 1
 SPLITS = ("train", "val", "test")
@@ -112,6 +113,23 @@ class RawDataset:
             shapes.add(split.images.shape[1:])
         if len(shapes) != 1:
             raise DataError(f"{self.name}: splits have different image shapes {sorted(shapes)}")
+
+
+def with_val_from_train(
+    name: str,
+    class_names: list[str],
+    train: Split,
+    test: Split,
+    val_fraction: float,
+    seed: int,
+    source_format: str,
+) -> RawDataset:
+    """A dataset with an official train/test pair: val is carved from train (stratified,
+    seeded) and the official test split is kept as is."""
+    keep, val = stratified_split(train.labels, [1.0 - val_fraction, val_fraction], seed)
+    splits = {"train": train.take(keep), "val": train.take(val), "test": test}
+    source = {"format": source_format, "seed": seed, "val_fraction": val_fraction}
+    return RawDataset(name, class_names, splits, source)
 
 
 class PreparedDataset:

@@ -10,9 +10,8 @@ from pathlib import Path
 import numpy as np
 
 from excon.data.errors import DataError
-from excon.data.prepared import RawDataset, Split
+from excon.data.prepared import RawDataset, Split, with_val_from_train
 from excon.data.safe_pickle import safe_load
-from excon.data.splits import stratified_split
 
 NAME = "cifar100"
 BASE_FOLDER = "cifar-100-python"
@@ -47,10 +46,7 @@ def read_cifar100(raw_dir: Path, seed: int = 0, val_fraction: float = 0.1) -> Ra
 
     train = _read_batch(root / "train")
     test = _read_batch(root / "test")
-    keep, val = stratified_split(train.labels, [1.0 - val_fraction, val_fraction], seed)
-    splits = {"train": train.take(keep), "val": train.take(val), "test": test}
-    source = {"format": BASE_FOLDER, "seed": seed, "val_fraction": val_fraction}
-    return RawDataset(NAME, class_names, splits, source)
+    return with_val_from_train(NAME, class_names, train, test, val_fraction, seed, BASE_FOLDER)
 
 
 def find_root(raw_dir: Path) -> Path:

@@ -12,9 +12,8 @@ from pathlib import Path
 import numpy as np
 
 from excon.data.errors import DataError
-from excon.data.prepared import RawDataset, Split
+from excon.data.prepared import RawDataset, Split, with_val_from_train
 from excon.data.sources.images import IMAGE_EXTENSIONS, load_rgb_many
-from excon.data.splits import stratified_split
 
 NAME = "tinyimagenet"
 BASE_FOLDER = "tiny-imagenet-200"
@@ -56,10 +55,7 @@ def read_tinyimagenet(
         labels=np.asarray(test_labels, dtype=np.int64),
         boxes=np.asarray(test_boxes, dtype=np.int64).reshape(-1, 4),
     )
-    keep, val = stratified_split(train.labels, [1.0 - val_fraction, val_fraction], seed)
-    splits = {"train": train.take(keep), "val": train.take(val), "test": test}
-    source = {"format": BASE_FOLDER, "seed": seed, "val_fraction": val_fraction}
-    return RawDataset(NAME, class_names, splits, source)
+    return with_val_from_train(NAME, class_names, train, test, val_fraction, seed, BASE_FOLDER)
 
 
 def find_root(raw_dir: Path) -> Path:
