@@ -11,7 +11,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from excon import stages
 from excon.config import DATASETS, METHODS, Config, ConfigError, load_config
+from excon.evaluate import PARTS
 
 DEFAULT_PARAMS = "params.yaml"
 
@@ -48,8 +50,6 @@ def run_dir(cfg: Config, given: str | None) -> Path:
 
 
 def cmd_prepare(args: argparse.Namespace) -> int:
-    from excon.data.prepare import prepare_dataset
-
     extra = [f"data.dataset={args.dataset}"] if args.dataset else []
     if args.raw_dir:
         extra.append(f"data.raw_dir={args.raw_dir}")
@@ -60,17 +60,7 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     out = data_dir(cfg, args.out)
     d = cfg.data
     start = time.perf_counter()
-    manifest = prepare_dataset(
-        d.dataset,
-        out,
-        raw_dir=Path(d.raw_dir) if d.raw_dir else None,
-        download=d.download,
-        seed=d.seed,
-        val_fraction=d.val_fraction,
-        test_fraction=d.test_fraction,
-        image_size=d.image_size,
-        limit_per_class=d.limit_per_class,
-    )
+    manifest = stages.prepare(cfg, out)
     mirror(cfg, out)
     splits = ", ".join(f"{k} {v}" for k, v in manifest["splits"].items())
     print(
@@ -108,54 +98,6 @@ def mirror(cfg: Config, *paths: Path) -> None:
             upload_file(path, f"{base}/{rel}")
 
 
-def tracked_pretrain(cfg: Config, data: Path, out: Path, resume: bool | str) -> dict:
-    """pretrain inside its MLflow child run: params, per-epoch metrics, figures."""
-    from excon.tracking import stage_run
-    from excon.train import pretrain
-
-    with stage_run(cfg, "pretrain", cfg.method.name, data) as run:
-        summary = pretrain(
-            cfg, data, out, resume=resume, on_epoch=lambda r: run.log_metrics(r, step=r["epoch"])
-        )
-        run.log_metrics({"train_seconds": summary["train_seconds"]})  # the rest is per epoch
-        run.log_artifacts(out / "figures", "figures")
-        for name in ("summary.json", "config.json", "model.json", "metrics.jsonl"):
-            run.log_artifact(out / name)
-    return summary
-
-
-def tracked_probe(cfg: Config, data: Path, out: Path, metrics_out: str | None = None) -> dict:
-    from excon.probe import probe
-    from excon.tracking import stage_run
-
-    with stage_run(cfg, "probe", cfg.method.name, data) as run:
-        metrics = probe(cfg, data, out, metrics_out)
-        run.log_metrics(metrics)
-        run.log_artifact(Path(metrics_out) if metrics_out else out / "metrics.json")
-    return metrics
-
-
-def tracked_evaluate(cfg: Config, data: Path, out: Path) -> dict:
-    from excon.evaluate.stage import evaluate
-    from excon.tracking import stage_run
-
-    with stage_run(cfg, "evaluate", cfg.method.name, data) as run:
-        metrics = evaluate(cfg, data, out)
-        run.log_metrics(metrics)
-        run.log_artifacts(out / "eval", "eval")
-    return metrics
-
-
-def tracked_report(cfg: Config, runs: list[Path], out: Path) -> dict:
-    from excon.evaluate.report import report
-    from excon.tracking import stage_run
-
-    with stage_run(cfg, "report") as run:
-        summary = report(runs, out)
-        run.log_artifacts(out, "report")
-    return summary
-
-
 def cmd_pretrain(args: argparse.Namespace) -> int:
     from excon.tracking import preflight
 
@@ -166,7 +108,7 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     if args.fresh:
         _remove_run(out)
     resume = "auto" if args.resume_compatible else args.resume
-    summary = tracked_pretrain(cfg, data_dir(cfg, args.data), out, resume)
+    summary = stages.pretrain(cfg, data_dir(cfg, args.data), out, resume)
     mirror(cfg, out)
     print(f"trained {cfg.method.name} -> {out}: val/top1 {summary['val/top1']:.4f}")
     return 0
@@ -185,7 +127,7 @@ def cmd_probe(args: argparse.Namespace) -> int:
     preflight(cfg)
     storage_preflight(cfg)
     out = run_dir(cfg, args.run_dir)
-    metrics = tracked_probe(cfg, data_dir(cfg, args.data), out, args.out)
+    metrics = stages.probe(cfg, data_dir(cfg, args.data), out, Path(args.out) if args.out else None)
     mirror(
         cfg, out / "probe_head.safetensors", Path(args.out) if args.out else out / "metrics.json"
     )
@@ -200,9 +142,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     preflight(cfg)
     storage_preflight(cfg)
     out = run_dir(cfg, args.run_dir)
-    metrics = tracked_evaluate(cfg, data_dir(cfg, args.data), out)
-    mirror(cfg, out / "eval")
-    print(f"evaluated {out}: {len(metrics)} metrics -> {out / 'eval' / 'metrics.json'}")
+    metrics = stages.evaluate(cfg, data_dir(cfg, args.data), out, args.part)
+    mirror(cfg, *(out / "eval" / part for part in args.part or PARTS))
+    print(f"evaluated {out}: {len(metrics)} metrics -> {out / 'eval'}/<part>/metrics.json")
     return 0
 
 
@@ -219,7 +161,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     if not runs:
         raise FileNotFoundError("no evaluated runs given or found; pass --runs DIR...")
     out = Path(args.out) if args.out else Path(cfg.train.runs_dir) / cfg.data.dataset / "report"
-    summary = tracked_report(cfg, runs, out)
+    summary = stages.report(cfg, runs, out)
     mirror(cfg, out)
     print(markdown_table(summary))
     print(f"\nreport -> {out / 'report.md'} (+ report.json, plots)")
@@ -227,13 +169,9 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_register(args: argparse.Namespace) -> int:
-    from excon.artifacts import write_json
-    from excon.registry import register
-
     cfg = _config(args, [f"method.name={args.method}"] if args.method else [])
     out = run_dir(cfg, args.run_dir)
-    result = register(cfg, out, data_dir(cfg, args.data))
-    write_json(out / "registered.json", result)
+    result = stages.register(cfg, out, data_dir(cfg, args.data))
     print(f"registered {result['name']} version {result['version']}: {result['decision']}")
     for line in result["reasons"]:
         print(f"  {line}")
@@ -295,17 +233,17 @@ def cmd_study(args: argparse.Namespace) -> int:
         out = run_dir(mcfg, None)
         if args.fresh:
             _remove_run(out)
-        summary = tracked_pretrain(mcfg, data, out, resume=True)
-        metrics = tracked_probe(mcfg, data, out)
+        summary = stages.pretrain(mcfg, data, out, resume=True)
+        metrics = stages.probe(mcfg, data, out)
         if not args.skip_evaluate:
-            tracked_evaluate(mcfg, data, out)
+            stages.evaluate(mcfg, data, out)
         rows.append({"method": method, "train_seconds": summary["train_seconds"], **metrics})
         runs.append(out)
     print(format_table(rows))
     base = Path(cfg.train.runs_dir) / cfg.data.dataset
     artifacts.write_json(base / "study.json", rows)
     if not args.skip_evaluate:
-        summary_table = tracked_report(cfg, runs, base / "report")
+        summary_table = stages.report(cfg, runs, base / "report")
         print("\n" + markdown_table(summary_table))
         print(f"\nreport -> {base / 'report' / 'report.md'}")
     return 0
@@ -359,6 +297,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--method", choices=METHODS, help="overrides method.name")
     p.add_argument("--data", help="prepared dataset directory")
     p.add_argument("--run-dir", help="run directory (pretrained and probed)")
+    p.add_argument(
+        "--part",
+        action="append",
+        choices=PARTS,
+        help="run only this part (repeatable; default: all): each writes <run-dir>/eval/<part>/",
+    )
 
     p = stage("report", cmd_report, "compare evaluated runs: markdown/JSON table and plots")
     p.add_argument("--runs", nargs="*", default=[], help="run directories (default: all evaluated)")

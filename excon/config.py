@@ -307,6 +307,17 @@ def parse_override(text: str) -> tuple[str, str, Any]:
     return section.strip(), key.strip(), value
 
 
+def loads_config(text: str, overrides: list[str] | None = None) -> Config:
+    """A Config from params YAML text (what a pipeline hands its tasks) plus overrides."""
+    try:
+        raw = yaml.safe_load(text) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"params: not valid YAML ({e})") from None
+    if not isinstance(raw, dict):
+        raise ConfigError("params: expected a mapping of sections at the top level")
+    return _with_overrides(raw, overrides)
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
     """Read params.yaml (if given and present), apply `--set` overrides, validate."""
     raw: dict[str, Any] = {}
@@ -320,6 +331,10 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             raise ConfigError(f"{path}: not valid YAML ({e})") from None
         if not isinstance(raw, dict):
             raise ConfigError(f"{path}: expected a mapping of sections at the top level")
+    return _with_overrides(raw, overrides)
+
+
+def _with_overrides(raw: dict[str, Any], overrides: list[str] | None) -> Config:
     for text in overrides or []:
         section, key, value = parse_override(text)
         current = raw.setdefault(section, {})

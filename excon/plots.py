@@ -89,3 +89,22 @@ def save_training_curves(path: str | Path, history: Sequence[dict], method: str)
         ax.grid(alpha=0.3)
     fig.suptitle(f"{method} pre-training", fontsize=9)
     save_figure(fig, path)
+
+
+def html_gallery(title: str, pngs: Sequence[Path]) -> str:
+    """One self-contained HTML page showing `pngs` inline (base64), for viewers that render an
+    HTML artifact but cannot follow links to files (the Kubeflow Pipelines UI)."""
+    import base64
+    import html
+
+    figures = "\n".join(
+        f'<figure><img alt="{html.escape(p.stem)}" src="data:image/png;base64,'
+        f'{base64.b64encode(Path(p).read_bytes()).decode()}"/>'
+        f"<figcaption>{html.escape(p.name)}</figcaption></figure>"
+        for p in pngs
+    )
+    return (
+        f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+        "<style>img{max-width:100%}figure{display:inline-block;margin:8px}</style></head>"
+        f"<body><h1>{html.escape(title)}</h1>\n{figures}\n</body></html>\n"
+    )

@@ -47,7 +47,6 @@ from excon.models import ExConNet
 from excon.tracking import RegistryError
 
 PROBE_HEAD = "probe_head.safetensors"  # = excon.probe.PROBE_HEAD (not imported: heavy module)
-EVAL_METRICS = Path("eval") / "metrics.json"
 CHAMPION, CHALLENGER = "champion", "challenger"
 MODEL_ARTIFACT = "model"
 METRIC_TAG = "metric."
@@ -232,6 +231,9 @@ def register(cfg: Config, run_dir: Path, data_dir: Path | None = None) -> dict:
     `challenger`, and move `champion` to it when it passes the gate.
 
     Returns {name, version, decision, reasons}."""
+    from excon.evaluate import PARTS
+    from excon.evaluate.report import EVAL_DIR, EVAL_METRICS, load_eval_metrics
+
     if not cfg.tracking.enabled:
         raise RegistryError(
             "registering a model needs MLflow tracking, which is off (tracking.enabled: false); "
@@ -239,14 +241,15 @@ def register(cfg: Config, run_dir: Path, data_dir: Path | None = None) -> dict:
         )
     run_dir = Path(run_dir)
     files = [run_dir / f for f in (MODEL_WEIGHTS, MODEL_META, PROBE_HEAD)]
-    missing = [str(f) for f in [*files, run_dir / EVAL_METRICS] if not f.is_file()]
+    evals = [run_dir / EVAL_DIR / part / EVAL_METRICS for part in PARTS]
+    missing = [str(f) for f in [*files, *evals] if not f.is_file()]
     if missing:
         raise RegistryError(
             f"cannot register {run_dir}: missing {', '.join(missing)} "
             "(run pretrain, probe and evaluate first)"
         )
     meta = json.loads((run_dir / MODEL_META).read_text())
-    metrics = json.loads((run_dir / EVAL_METRICS).read_text())
+    metrics = load_eval_metrics(run_dir)
     name = model_name(cfg, meta)
     tracking.preflight(cfg)
     mlflow = tracking.configure(cfg)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -35,3 +37,19 @@ def rig(model: nn.Module) -> RiggedHead:
     head.linear.load_state_dict(old.state_dict())
     model.classifier = head
     return head
+
+
+def write_eval_parts(run_dir: Path, metrics: dict) -> None:
+    """Write `metrics` as `excon evaluate` would: adv/* to eval/robustness, expl/* to
+    eval/explanations, everything else to eval/calibration; identity keys in all three."""
+    from excon.artifacts import write_json
+    from excon.evaluate import PARTS
+
+    ident = {k: v for k, v in metrics.items() if k in ("method", "dataset", "seed")}
+    prefix = {"robustness": "adv/", "explanations": "expl/"}
+    for part in PARTS:
+        if part == "calibration":
+            own = {k: v for k, v in metrics.items() if not k.startswith(("adv/", "expl/"))}
+        else:
+            own = {k: v for k, v in metrics.items() if k.startswith(prefix[part])}
+        write_json(Path(run_dir) / "eval" / part / "metrics.json", {**ident, **own})

@@ -79,7 +79,14 @@ def test_every_stage_runs(study):
         "report",
         *(
             f"{s}@{m}"
-            for s in ("pretrain", "probe", "evaluate", "register")
+            for s in (
+                "pretrain",
+                "probe",
+                "evaluate_calibration",
+                "evaluate_robustness",
+                "evaluate_explanations",
+                "register",
+            )
             for m in ("ce", "supcon", "excon")
         ),
     }
@@ -123,7 +130,9 @@ def test_changing_an_excon_parameter_reruns_only_excon(study):
     assert stages_run(log) == {
         "pretrain@excon",
         "probe@excon",
-        "evaluate@excon",
+        "evaluate_calibration@excon",
+        "evaluate_robustness@excon",
+        "evaluate_explanations@excon",
         "report",
         # the report changed, so every method's registration is re-judged
         "register@ce",

@@ -15,10 +15,11 @@ import torch
 from PIL import Image
 
 from excon import registry
-from excon.artifacts import model_meta, save_model, write_json
+from excon.artifacts import model_meta, save_model
 from excon.config import load_config
 from excon.models import ExConNet
 from excon.probe import save_probe_head
+from excon.testing import write_eval_parts
 
 mlflow = pytest.importorskip("mlflow")
 
@@ -42,7 +43,7 @@ def make_run(run_dir: Path, metrics: dict, seed: int = 0, channels: int = 3) -> 
     cfg = load_config(None, ["model.width=0.0625", "model.proj_dim=8"])
     save_model(run_dir, model, model_meta(cfg.model, 3, channels, data_meta))
     save_probe_head(run_dir, torch.nn.Linear(model.encoder.feature_dim, 3))
-    write_json(run_dir / "eval" / "metrics.json", {"method": "supcon", **metrics})
+    write_eval_parts(run_dir, {"method": "supcon", **metrics})
     return run_dir
 
 
@@ -185,6 +186,6 @@ def test_register_needs_tracking(tmp_path):
 
 def test_register_missing_eval_is_clear(store, tmp_path):
     run = make_run(tmp_path / "r", GOOD)
-    (run / "eval" / "metrics.json").unlink()
-    with pytest.raises(registry.RegistryError, match=r"eval/metrics\.json"):
+    (run / "eval" / "robustness" / "metrics.json").unlink()
+    with pytest.raises(registry.RegistryError, match=r"eval/robustness/metrics\.json"):
         registry.register(config(store), run)

@@ -10,6 +10,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from excon import artifacts
+from excon.evaluate import PARTS
 from excon.evaluate.plots import bar_plot, line_plot
 
 EVAL_DIR = "eval"
@@ -39,15 +40,24 @@ HEADLINE: list[tuple[str, str, int]] = [
 METHOD_ORDER = ("ce", "supcon", "excon")
 
 
-def load_runs(run_dirs: list[Path]) -> list[dict]:
-    """Each run's eval/metrics.json (written by `excon evaluate`)."""
-    rows = []
-    for run in run_dirs:
-        path = Path(run) / EVAL_DIR / EVAL_METRICS
+def load_eval_metrics(run_dir: Path, parts: tuple[str, ...] = PARTS) -> dict:
+    """One run's evaluation metrics: the `parts` of eval/<part>/metrics.json merged.
+
+    A missing part is an error naming the command that writes it."""
+    merged: dict = {}
+    for part in parts:
+        path = Path(run_dir) / EVAL_DIR / part / EVAL_METRICS
         if not path.is_file():
-            raise FileNotFoundError(f"{path}: missing; run `excon evaluate` for {run} first")
-        rows.append(json.loads(path.read_text()))
-    return rows
+            raise FileNotFoundError(
+                f"{path}: missing; run `excon evaluate --part {part}` for {run_dir} first"
+            )
+        merged.update(json.loads(path.read_text()))
+    return merged
+
+
+def load_runs(run_dirs: list[Path]) -> list[dict]:
+    """Each run's merged evaluation metrics (written by `excon evaluate`)."""
+    return [load_eval_metrics(Path(run)) for run in run_dirs]
 
 
 def summarise(rows: list[dict]) -> dict[str, dict[str, tuple[float, float, int]]]:

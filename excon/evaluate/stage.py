@@ -2,8 +2,9 @@
 
 The evaluated classifier is encoder + the val-selected linear probe (`probe_head.safetensors`),
 the same for every method; the online head's accuracy is reported beside it. Everything runs
-on the test split, once, in eval mode. Outputs go to `<run>/eval/`: metrics.json (flat keys,
-see README), CSVs for `dvc plots`, and PNGs.
+on the test split, once, in eval mode. Three parts, each its own DAG stage: `calibration` (accuracy,
+calibration clean and under shift), `robustness` (FGSM/PGD) and `explanations` (Grad-CAM quality).
+Part P writes `<run>/eval/P/`: metrics.json (flat keys, see README), CSVs for `dvc plots`, PNGs.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import io
 import json
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +24,7 @@ import torch
 from excon import artifacts
 from excon.config import Config, ConfigError, EvalConfig
 from excon.data.prepared import PreparedDataset, Split, load_prepared
-from excon.evaluate import calibration, explanations, robustness, shift
+from excon.evaluate import PARTS, calibration, explanations, robustness, shift
 from excon.evaluate.plots import line_plot
 from excon.evaluate.report import EVAL_DIR, EVAL_METRICS
 from excon.models import ExConNet
@@ -163,35 +164,72 @@ def evaluate_shift(
     return metrics
 
 
-def evaluate(cfg: Config, data_dir: str | Path, run_dir: str | Path) -> dict:
-    """Evaluate the run in `run_dir` on the prepared data; returns and writes eval/metrics.json."""
+def evaluate(
+    cfg: Config, data_dir: str | Path, run_dir: str | Path, parts: Sequence[str] = PARTS
+) -> dict:
+    """Evaluate the run in `run_dir` on the prepared data, one part at a time.
+
+    Each part writes `<run>/eval/<part>/metrics.json` (+ CSVs, PNGs) on its own, so the three can
+    run as parallel DAG stages (dvc.yaml, the KFP pipeline); `load_eval_metrics` merges them.
+    Returns the merged metrics of the parts run here."""
+    unknown = [p for p in parts if p not in PARTS]
+    if unknown or not parts:
+        raise ConfigError(f"evaluation parts: got {list(parts)}, allowed {', '.join(PARTS)}")
     run_dir = Path(run_dir)
-    out = run_dir / EVAL_DIR
     device = resolve_device(cfg.train.device)
     if device.type == "cpu":
         tune_cpu_allocator()
-    torch.manual_seed(cfg.eval.seed)
     model, meta = artifacts.load_model(run_dir, device)
     model.eval()
     online_head = model.classifier
     model.classifier = load_probe_head(run_dir, device)
     data = load_prepared(Path(data_dir))
-    test = data.split("test")
-    e = cfg.eval
-    start = time.perf_counter()
-    metrics: dict = {"method": meta.get("method", "unknown"), "dataset": meta.get("dataset")}
+    ident: dict = {"method": meta.get("method", "unknown"), "dataset": meta.get("dataset")}
     ckpt_seed = _train_seed(run_dir)
     if ckpt_seed is not None:
-        metrics["seed"] = ckpt_seed
+        ident["seed"] = ckpt_seed
+    merged = dict(ident)
+    for part in PARTS:  # a fixed order, whatever order was asked
+        if part not in parts:
+            continue
+        torch.manual_seed(cfg.eval.seed)  # each part alone gives what it gives in a full run
+        start = time.perf_counter()
+        out = run_dir / EVAL_DIR / part
+        if part == "calibration":
+            metrics = _calibration_part(model, online_head, cfg, data, device, out, ident["method"])
+        elif part == "robustness":
+            metrics = _robustness_part(model, cfg, data, device, out, ident["method"])
+        else:
+            metrics = _explanations_part(model, meta, cfg, data, device, out, ident["method"])
+        metrics = {**ident, **metrics}
+        artifacts.write_json(out / EVAL_METRICS, metrics)
+        _log(f"{part}: done in {time.perf_counter() - start:.0f} s -> {out}")
+        merged.update(metrics)
+    return merged
 
-    # 1. accuracy of the probe (val-selected) and of the online head; clean calibration
+
+def _calibration_part(
+    model: ExConNet,
+    online_head: torch.nn.Module,
+    cfg: Config,
+    data: PreparedDataset,
+    device: torch.device,
+    out: Path,
+    method: str,
+) -> dict[str, float]:
+    """Accuracy of the probe and the online head; calibration, clean and under shift."""
+    e = cfg.eval
+    test = data.split("test")
+    metrics: dict[str, float] = {}
     logits, y = predict(model, test.images, test.labels, data, e.batch_size, device)
     metrics["test/top1"] = topk_accuracy(logits, y, 1)
     metrics["test/top5"] = topk_accuracy(logits, y, 5)
-    probe_model = model.classifier
+    probe_head = model.classifier
     model.classifier = online_head
-    online_logits, _ = predict(model, test.images, test.labels, data, e.batch_size, device)
-    model.classifier = probe_model
+    try:
+        online_logits, _ = predict(model, test.images, test.labels, data, e.batch_size, device)
+    finally:
+        model.classifier = probe_head
     metrics["online/top1"] = topk_accuracy(online_logits, y, 1)
     metrics["online/top5"] = topk_accuracy(online_logits, y, 5)
     clean = calibration.calibration_metrics(logits, y, e.n_bins)
@@ -205,19 +243,29 @@ def evaluate(cfg: Config, data_dir: str | Path, run_dir: str | Path) -> dict:
             for i in range(e.n_bins)
         ],
     )
-    calibration.plot_reliability(bins, out / "reliability.png", f"{metrics['method']}: clean test")
+    calibration.plot_reliability(bins, out / "reliability.png", f"{method}: clean test")
     _log(
         f"accuracy + calibration: test/top1 {metrics['test/top1']:.4f} "
         f"ECE {metrics['calib/ece']:.4f}"
     )
-
-    # 2. calibration under distribution shift
     metrics.update(evaluate_shift(model, cfg, data, device, out))
     _log(
         f"shift: mean acc {metrics['shift/mean/acc']:.4f} mean ECE {metrics['shift/mean/ece']:.4f}"
     )
+    return metrics
 
-    # 3. adversarial robustness
+
+def _robustness_part(
+    model: ExConNet,
+    cfg: Config,
+    data: PreparedDataset,
+    device: torch.device,
+    out: Path,
+    method: str,
+) -> dict[str, float]:
+    """FGSM and PGD accuracy and ECE per eps."""
+    e = cfg.eval
+    test = data.split("test")
     idx = subset(len(test.labels), e.attack_images, e.seed)
     if len(idx) < len(test.labels):
         _log(f"attacks on {len(idx)} of {len(test.labels)} test images (eval.attack_images)")
@@ -232,7 +280,6 @@ def evaluate(cfg: Config, data_dir: str | Path, run_dir: str | Path) -> dict:
         n_bins=e.n_bins,
         seed=e.seed,
     )
-    metrics.update(adv)
     rows = [
         [
             attack,
@@ -249,10 +296,24 @@ def evaluate(cfg: Config, data_dir: str | Path, run_dir: str | Path) -> dict:
         {a: [(r[1], r[2]) for r in rows if r[0] == a] for a in ("fgsm", "pgd")},
         "eps (/255)",
         "accuracy",
-        f"{metrics['method']}: accuracy under L-inf attacks",
+        f"{method}: accuracy under L-inf attacks",
     )
+    return adv
 
-    # 4. explanation quality (Grad-CAM of the predicted class, at the training layer)
+
+def _explanations_part(
+    model: ExConNet,
+    meta: dict,
+    cfg: Config,
+    data: PreparedDataset,
+    device: torch.device,
+    out: Path,
+    method: str,
+) -> dict[str, float]:
+    """Grad-CAM of the predicted class, at the training layer: drop/increase, deletion/insertion,
+    pointing games."""
+    e = cfg.eval
+    test = data.split("test")
     layer = meta.get("gradcam_layer") or default_layer(meta["arch"], max(meta["image_size"]))
     gradcam = GradCam(model, layer)
     idx = subset(len(test.labels), e.expl_images, e.seed)
@@ -263,19 +324,15 @@ def evaluate(cfg: Config, data_dir: str | Path, run_dir: str | Path) -> dict:
     ):
         mb = None if masks is None else masks[i * e.batch_size : (i + 1) * e.batch_size].to(device)
         expl_batches.append((x, yb, mb))
-    metrics.update(
-        explanations.explanation_metrics(
-            model, gradcam, expl_batches, top_frac=e.top_frac, steps=e.deletion_steps, device=device
-        )
+    metrics = explanations.explanation_metrics(
+        model, gradcam, expl_batches, top_frac=e.top_frac, steps=e.deletion_steps, device=device
     )
     if e.grid_images > 0:
-        _saliency_grid(model, gradcam, test, data, e, out / "saliency_test.png", metrics["method"])
+        _saliency_grid(model, gradcam, test, data, e, out / "saliency_test.png", method)
     _log(
         f"explanations at {layer}: avg drop {metrics['expl/avg_drop']:.4f} "
-        f"increase {metrics['expl/increase']:.4f} ({time.perf_counter() - start:.0f} s in all)"
+        f"increase {metrics['expl/increase']:.4f}"
     )
-
-    artifacts.write_json(out / EVAL_METRICS, metrics)
     return metrics
 
 

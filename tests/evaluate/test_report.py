@@ -3,13 +3,13 @@ import json
 import pytest
 
 from excon.evaluate.report import markdown_table, report, summarise
+from excon.testing import write_eval_parts
 
 
 def fake_run(root, method, seed, **metrics):
     run = root / f"{method}-{seed}"
-    (run / "eval").mkdir(parents=True)
     row = {"method": method, "seed": seed, "dataset": "toy", **metrics}
-    (run / "eval" / "metrics.json").write_text(json.dumps(row))
+    write_eval_parts(run, row)
     return run
 
 
@@ -41,7 +41,7 @@ def test_report_on_two_fake_runs(tmp_path):
 
 
 def test_missing_evaluation_is_a_clear_error(tmp_path):
-    with pytest.raises(FileNotFoundError, match="run `excon evaluate`"):
+    with pytest.raises(FileNotFoundError, match="run `excon evaluate --part calibration`"):
         report([tmp_path / "nothing"], tmp_path / "out")
 
 

@@ -5,6 +5,7 @@ import json
 
 import pytest
 
+from excon.evaluate.report import load_eval_metrics
 from excon.evaluate.stage import evaluate, subset
 from excon.probe import probe
 from excon.train import pretrain
@@ -56,23 +57,26 @@ def test_evaluate_writes_every_metric(prepared, tiny_config, tmp_path, monkeypat
     # eps 0 is no attack: the clean accuracy of the attacked subset
     assert 0 <= metrics["adv/pgd/eps4/acc"] <= 1
     out = run / "eval"
-    assert json.loads((out / "metrics.json").read_text()) == metrics
-    rows = list(csv.DictReader((out / "shift.csv").open()))
+    # each part wrote its own metrics.json; merged they are what evaluate returned
+    assert load_eval_metrics(run) == metrics
+    adv = json.loads((out / "robustness" / "metrics.json").read_text())
+    assert adv["method"] == "excon" and all(k.startswith("adv/") for k in adv if "/" in k)
+    rows = list(csv.DictReader((out / "calibration" / "shift.csv").open()))
     assert len(rows) == 4 and {r["source"] for r in rows} == {"generated"}
-    rows = list(csv.DictReader((out / "robustness.csv").open()))
+    rows = list(csv.DictReader((out / "robustness" / "robustness.csv").open()))
     assert [(r["attack"], float(r["eps"])) for r in rows] == [
         ("fgsm", 0.0),
         ("fgsm", 4.0),
         ("pgd", 0.0),
         ("pgd", 4.0),
     ]
-    assert len(list(csv.DictReader((out / "reliability.csv").open()))) == 10
+    assert len(list(csv.DictReader((out / "calibration" / "reliability.csv").open()))) == 10
     for png in (
-        "reliability.png",
-        "robustness.png",
-        "shift_ece.png",
-        "shift_acc.png",
-        "saliency_test.png",
+        "calibration/reliability.png",
+        "robustness/robustness.png",
+        "calibration/shift_ece.png",
+        "calibration/shift_acc.png",
+        "explanations/saliency_test.png",
     ):
         assert (out / png).read_bytes()[:4] == b"\x89PNG", png
     # corrupted sets are cached: a second evaluation reads them back
@@ -84,6 +88,17 @@ def test_evaluate_writes_every_metric(prepared, tiny_config, tmp_path, monkeypat
         "gaussian_noise_s5.npz",
     ]
     assert evaluate(cfg, prepared, run) == metrics
+    # a part run alone (as its DAG stage does) gives exactly what it gave in the full run
+    assert evaluate(cfg, prepared, run, ["robustness"]) == {
+        k: v for k, v in metrics.items() if k.startswith("adv/") or "/" not in k
+    }
+
+
+def test_unknown_part_is_a_config_error(prepared, tiny_config, tmp_path):
+    from excon.config import ConfigError
+
+    with pytest.raises(ConfigError, match="evaluation parts"):
+        evaluate(tiny_config(), prepared, tmp_path, ["accuracy"])
 
 
 def test_unknown_corruption_is_a_config_error(prepared, tiny_config, tmp_path):

@@ -12,11 +12,12 @@ import numpy as np
 import pytest
 import torch
 
-from excon.artifacts import model_meta, save_model, write_json
+from excon.artifacts import model_meta, save_model
 from excon.config import load_config
 from excon.models import ExConNet
 from excon.probe import save_probe_head
 from excon.registry import load_registered, predict_proba, register
+from excon.testing import write_eval_parts
 
 
 def tiny_run(run_dir):
@@ -34,7 +35,7 @@ def tiny_run(run_dir):
     }
     save_model(run_dir, model, model_meta(cfg.model, 3, 3, meta))
     save_probe_head(run_dir, torch.nn.Linear(model.encoder.feature_dim, 3))
-    write_json(run_dir / "eval" / "metrics.json", {"method": "supcon", "test/top1": 0.5})
+    write_eval_parts(run_dir, {"method": "supcon", "test/top1": 0.5})
     return run_dir
 
 
