@@ -35,12 +35,12 @@ test: $(STAMP) lint
 	$(PY) -m pytest
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check excon tests benchmarks
-	$(VENV)/bin/ruff format --check excon tests benchmarks
+	$(VENV)/bin/ruff check excon components pipelines tests benchmarks
+	$(VENV)/bin/ruff format --check excon components pipelines tests benchmarks
 
 format: $(STAMP)
-	$(VENV)/bin/ruff format excon tests benchmarks
-	$(VENV)/bin/ruff check --fix excon tests benchmarks
+	$(VENV)/bin/ruff format excon components pipelines tests benchmarks
+	$(VENV)/bin/ruff check --fix excon components pipelines tests benchmarks
 
 clean:
 	rm -rf runs data/prepared

@@ -108,10 +108,15 @@ def register(cfg: Config, run: Path, data: Path | None = None) -> dict:
     return result
 
 
-def link_run(run: Path, *sources: Path, evals: dict[str, Path] | None = None) -> Path:
+def link_run(
+    run: Path, *sources: Path, evals: dict[str, Path] | None = None, copy: bool = False
+) -> Path:
     """Make `run` a run directory out of symlinks: every entry of each source directory (a later
     source wins) and `eval/<part>` -> evals[part]. Orchestrators hand a stage its inputs as
-    separate artifact directories; the stages read one run directory."""
+    separate artifact directories; the stages read one run directory. `copy` copies instead
+    (MLflow refuses to log files that resolve outside the logged directory)."""
+    import shutil
+
     run.mkdir(parents=True, exist_ok=True)
     links = {entry.name: entry for source in sources for entry in sorted(Path(source).iterdir())}
     links.update({f"eval/{part}": Path(path) for part, path in (evals or {}).items()})
@@ -120,7 +125,12 @@ def link_run(run: Path, *sources: Path, evals: dict[str, Path] | None = None) ->
         link.parent.mkdir(parents=True, exist_ok=True)
         if link.is_symlink() or link.is_file():
             link.unlink()
-        os.symlink(target.resolve(), link)
+        if not copy:
+            os.symlink(target.resolve(), link)
+        elif target.is_dir():
+            shutil.copytree(target, link, dirs_exist_ok=True)
+        else:
+            shutil.copy2(target, link)
     return run
 
 

@@ -1,0 +1,43 @@
+"""pretrain: one method (ce | supcon | excon) on the prepared dataset."""
+
+from kfp import dsl
+from kfp.dsl import Dataset, Input, Metrics, Model, Output
+
+from components import DEFAULT_IMAGE
+
+
+@dsl.component(base_image=DEFAULT_IMAGE, install_kfp_package=False)
+def pretrain(
+    config: str,
+    method: str,
+    dataset: Input[Dataset],
+    model: Output[Model],
+    metrics: Output[Metrics],
+    parent_run_id: str = "",
+    checkpoint_url: str = "",
+) -> None:
+    """With `checkpoint_url` (s3://...), the checkpoint goes there after every epoch and a retry
+    of this task (a fresh pod) resumes from it instead of starting over."""
+    import os
+    from pathlib import Path
+
+    from excon import stages
+    from excon.config import loads_config
+
+    os.environ["EXCON_PARENT_RUN_ID"] = parent_run_id
+    cfg = loads_config(config, [f"method.name={method}"])
+    run = Path(model.path)
+    resumed = bool(checkpoint_url) and stages.restore_checkpoint(checkpoint_url, run)
+    summary = stages.pretrain(
+        cfg,
+        Path(dataset.path),
+        run,
+        resume="auto" if resumed else False,
+        on_epoch=(lambda _: stages.save_checkpoint(checkpoint_url, run))
+        if checkpoint_url
+        else None,
+    )
+    (run / "checkpoint.pt").unlink(missing_ok=True)  # the run's scratch, not the model
+    model.metadata.update({"method": method, "resumed": resumed})
+    for key, value in stages.numeric(summary).items():
+        metrics.log_metric(key, value)

@@ -1,0 +1,16 @@
+"""start_tracking: the MLflow parent run that groups one pipeline run's stage runs."""
+
+from kfp import dsl
+
+from components import DEFAULT_IMAGE
+
+
+@dsl.component(base_image=DEFAULT_IMAGE, install_kfp_package=False)
+def start_tracking(config: str) -> str:
+    """Returns the parent run id ('' when tracking is off); fails fast when MLflow is
+    unreachable, before any GPU time is spent."""
+    from excon.config import loads_config
+    from excon.tracking import start_parent
+
+    cfg = loads_config(config)
+    return start_parent(cfg) if cfg.tracking.enabled else ""

@@ -1,0 +1,124 @@
+"""What each stage of the study reads: the same table dvc.yaml spells out (a test holds the two
+equal), used here to give every KFP task a cache key that changes exactly when its result can.
+
+A task's key hashes its stage, its method, the parameters it reads, the excon source it runs,
+the image and its upstream tasks' keys (a Merkle chain, as DVC's lock file is), so changing
+method.tau re-runs excon's chain and reuses ce's and supcon's cached results, while rebuilding
+the image under the same tag with new code cannot hand back stale artifacts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+METHODS = ("ce", "supcon", "excon")
+PARTS = ("calibration", "robustness", "explanations")
+
+# stage -> the params keys it reads ("section" = the whole section), as in dvc.yaml.
+STAGE_PARAMS: dict[str, list[str]] = {
+    "prepare": [
+        "data.dataset",
+        "data.raw_dir",
+        "data.download",
+        "data.image_size",
+        "data.val_fraction",
+        "data.test_fraction",
+        "data.limit_per_class",
+        "data.seed",
+    ],
+    "pretrain": [
+        "model",
+        "optim",
+        "train.epochs",
+        "train.batch_size",
+        "train.seed",
+        "train.amp",
+        "train.channels_last",
+        "train.max_steps_per_epoch",
+    ],
+    "probe": ["probe", "train.seed"],
+    "evaluate_calibration": [
+        "eval.batch_size",
+        "eval.seed",
+        "eval.n_bins",
+        "eval.corruptions",
+        "eval.extra_corruptions",
+        "eval.severities",
+        "eval.shift_images",
+        "eval.cifar100c_dir",
+    ],
+    "evaluate_robustness": [
+        "eval.batch_size",
+        "eval.seed",
+        "eval.n_bins",
+        "eval.eps",
+        "eval.pgd_steps",
+        "eval.attack_images",
+    ],
+    "evaluate_explanations": [
+        "eval.batch_size",
+        "eval.seed",
+        "eval.expl_images",
+        "eval.top_frac",
+        "eval.deletion_steps",
+        "eval.grid_images",
+    ],
+    "report": [],
+    "register": ["tracking"],
+}
+# pretrain's method-specific keys (ce reads no method.* key).
+METHOD_PARAMS: dict[str, list[str]] = {
+    "ce": ["train.seed"],
+    "supcon": ["method.temperature", "method.base_temperature", "method.head_training"],
+    "excon": ["method"],
+}
+
+
+def stage_params(stage: str, method: str | None = None) -> list[str]:
+    keys = list(STAGE_PARAMS[stage])
+    if stage == "pretrain" and method is not None:
+        keys += [k for k in METHOD_PARAMS[method] if k not in keys]
+    return keys
+
+
+def params_slice(config: dict[str, Any], keys: list[str]) -> dict[str, Any]:
+    """The values of `keys` ("section" or "section.key") in a config dict."""
+    out: dict[str, Any] = {}
+    for key in keys:
+        section, _, name = key.partition(".")
+        out[key] = config[section] if not name else config[section][name]
+    return out
+
+
+def code_digest() -> str:
+    """sha256 of the excon package's Python source (what every task runs)."""
+    import excon
+
+    root = Path(excon.__file__).resolve().parent
+    h = hashlib.sha256()
+    for path in sorted(root.rglob("*.py")):
+        h.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+    return h.hexdigest()
+
+
+def cache_key(
+    stage: str,
+    method: str | None,
+    config: dict[str, Any],
+    code: str,
+    image: str,
+    upstream: list[str],
+) -> str:
+    payload = {
+        "stage": stage,
+        "method": method,
+        "params": params_slice(config, stage_params(stage, method)),
+        "code": code,
+        "image": image,
+        "upstream": sorted(upstream),
+    }
+    text = json.dumps(payload, sort_keys=True, default=str)
+    return f"{stage}-{method or 'all'}-{hashlib.sha256(text.encode()).hexdigest()[:24]}"

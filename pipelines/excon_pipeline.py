@@ -1,0 +1,234 @@
+"""The study as a KFP v2 pipeline, the same DAG as dvc.yaml:
+
+    start_tracking -> prepare -> pretrain[m] -> probe[m] -> evaluate_{calibration,robustness,
+    explanations}[m] (in parallel) -> report -> register[m] (promotion gate)
+
+for each method m, unrolled at compile time into tasks named `<stage>-<method>` so the cluster UI
+shows each one. The study's parameters (params.yaml + --set) are compiled in: they decide the
+results, so they are part of every task's cache key; the pipeline's run-time parameters only
+place the work (GPU node selector and tolerations) or make it resumable (checkpoint_url).
+"""
+
+import copy
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+from kfp import compiler, dsl, kubernetes
+
+from components import DEFAULT_IMAGE
+from components.evaluate_calibration.component import evaluate_calibration
+from components.evaluate_explanations.component import evaluate_explanations
+from components.evaluate_robustness.component import evaluate_robustness
+from components.prepare.component import prepare
+from components.pretrain.component import pretrain
+from components.probe.component import probe
+from components.register.component import register
+from components.report.component import report
+from components.start_tracking.component import start_tracking
+from excon.config import Config
+from pipelines import dag
+
+PIPELINE_NAME = "excon-study"
+EVALUATIONS = {
+    "calibration": evaluate_calibration,
+    "robustness": evaluate_robustness,
+    "explanations": evaluate_explanations,
+}
+# Kubernetes secrets (infra/k8s) -> the environment variables boto3, DVC and MLflow read.
+S3_SECRET = "excon-s3"
+S3_KEYS = [
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_DEFAULT_REGION",
+    "AWS_ENDPOINT_URL",
+    "MLFLOW_S3_ENDPOINT_URL",
+]
+MLFLOW_SECRET = "excon-mlflow"
+MLFLOW_KEYS = ["MLFLOW_TRACKING_URI"]
+MLFLOW_OPTIONAL_KEYS = ["MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"]
+DEFAULT_NODE_SELECTOR = {"nvidia.com/gpu.present": "true"}
+DEFAULT_TOLERATIONS = [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+
+
+@dataclass(frozen=True)
+class Resources:
+    """Where and with what the tasks run. GPU tasks: pretrain, probe and the evaluations."""
+
+    gpus: int = 1
+    accelerator: str = "nvidia.com/gpu"
+    gpu_cpu: str = "8"
+    gpu_memory: str = "48Gi"
+    # DataLoader workers pass batches through /dev/shm, which is 64 MiB in a container.
+    shm_size: str = "16Gi"
+    cpu: str = "2"
+    memory: str = "8Gi"
+    pretrain_retries: int = 2
+    secrets: bool = True  # off for kfp.local, which has no cluster to read them from
+
+
+def named(component: Callable, name: str) -> Callable:
+    """`component` under another name: KFP names a task after its component, so per-method
+    copies give tasks named `pretrain-excon` etc. in the spec, the UI and kfp.local's log,
+    instead of `pretrain`, `pretrain-2`, `pretrain-3`."""
+    twin = copy.deepcopy(component)
+    twin.component_spec.name = name
+    twin.name = name
+    return twin
+
+
+def build_pipeline(
+    cfg: Config,
+    methods: Sequence[str] = dag.METHODS,
+    image: str = DEFAULT_IMAGE,
+    resources: Resources | None = None,
+) -> Callable:
+    """A pipeline function for `cfg` (compiled in) over `methods`."""
+    resources = resources or Resources()
+    unknown = [m for m in methods if m not in dag.METHODS]
+    if unknown or not methods:
+        raise ValueError(f"methods: got {list(methods)}, allowed {', '.join(dag.METHODS)}")
+    config_dict = cfg.to_dict()
+    config_text = yaml.safe_dump(config_dict, sort_keys=True)
+    code = dag.code_digest()
+
+    def key(stage: str, method: str | None, *upstream: str) -> str:
+        return dag.cache_key(stage, method, config_dict, code, image, list(upstream))
+
+    def common(task: dsl.PipelineTask, name: str, cache: str | None) -> dsl.PipelineTask:
+        task.set_display_name(name)
+        task.set_container_image(image)
+        if cache is None:
+            task.set_caching_options(False)
+        else:
+            task.set_caching_options(True, cache_key=cache)
+        task.set_cpu_request(resources.cpu).set_memory_request(resources.memory)
+        task.set_cpu_limit(resources.cpu).set_memory_limit(resources.memory)
+        if resources.secrets:
+            kubernetes.use_secret_as_env(task, S3_SECRET, {k: k for k in S3_KEYS})
+            kubernetes.use_secret_as_env(task, MLFLOW_SECRET, {k: k for k in MLFLOW_KEYS})
+            kubernetes.use_secret_as_env(
+                task, MLFLOW_SECRET, {k: k for k in MLFLOW_OPTIONAL_KEYS}, optional=True
+            )
+        return task
+
+    def on_gpu(task: dsl.PipelineTask, node_selector: dict, tolerations: list) -> None:
+        task.set_accelerator_type(resources.accelerator)
+        task.set_accelerator_limit(resources.gpus)
+        task.set_cpu_request(resources.gpu_cpu).set_cpu_limit(resources.gpu_cpu)
+        task.set_memory_request(resources.gpu_memory).set_memory_limit(resources.gpu_memory)
+        kubernetes.add_node_selector_json(task, node_selector)
+        kubernetes.add_toleration_json(task, tolerations)
+        kubernetes.empty_dir_mount(
+            task,
+            volume_name="dshm",
+            mount_path="/dev/shm",
+            medium="Memory",
+            size_limit=resources.shm_size,
+        )
+
+    @dsl.pipeline(
+        name=PIPELINE_NAME,
+        description="ExCon vs SupCon vs cross-entropy: train, probe, evaluate, report, register.",
+    )
+    def excon_study(
+        gpu_node_selector: dict = DEFAULT_NODE_SELECTOR,
+        gpu_tolerations: list = DEFAULT_TOLERATIONS,
+        checkpoint_url: str = "",
+    ) -> None:
+        # A new parent run per pipeline run: never cached.
+        tracking = common(start_tracking(config=config_text), "start-tracking", None)
+        parent = tracking.output
+        prep_key = key("prepare", None)
+        data = common(prepare(config=config_text), "prepare", prep_key).after(tracking)
+        evaluations: dict[str, dict[str, dsl.PipelineTask]] = {}
+        trained: dict[str, tuple[dsl.PipelineTask, dsl.PipelineTask, str]] = {}
+        for m in methods:
+            pre_key = key("pretrain", m, prep_key)
+            pre = named(pretrain, f"pretrain-{m}")(
+                config=config_text,
+                method=m,
+                dataset=data.outputs["dataset"],
+                parent_run_id=parent,
+                checkpoint_url=checkpoint_url,
+            )
+            common(pre, f"pretrain-{m}", pre_key)
+            on_gpu(pre, gpu_node_selector, gpu_tolerations)
+            pre.set_retry(resources.pretrain_retries, backoff_duration="60s", backoff_factor=2)
+            probe_key = key("probe", m, prep_key, pre_key)
+            lin = named(probe, f"probe-{m}")(
+                config=config_text,
+                method=m,
+                dataset=data.outputs["dataset"],
+                model=pre.outputs["model"],
+                parent_run_id=parent,
+            )
+            common(lin, f"probe-{m}", probe_key)
+            on_gpu(lin, gpu_node_selector, gpu_tolerations)
+            trained[m] = (pre, lin, probe_key)
+            evaluations[m] = {}
+            for part, component in EVALUATIONS.items():
+                ev = named(component, f"evaluate-{part}-{m}")(
+                    config=config_text,
+                    method=m,
+                    dataset=data.outputs["dataset"],
+                    model=pre.outputs["model"],
+                    probe_head=lin.outputs["probe_head"],
+                    parent_run_id=parent,
+                )
+                common(ev, f"evaluate-{part}-{m}", key(f"evaluate_{part}", m, probe_key))
+                on_gpu(ev, gpu_node_selector, gpu_tolerations)
+                evaluations[m][part] = ev
+        eval_keys = [key(f"evaluate_{p}", m, trained[m][2]) for m in methods for p in dag.PARTS]
+        report_key = key("report", None, *eval_keys)
+        rep = report(
+            config=config_text,
+            parent_run_id=parent,
+            **{
+                f"{m}_{part}": ev.outputs["evaluation"]
+                for m in methods
+                for part, ev in evaluations[m].items()
+            },
+        )
+        common(rep, "report", report_key)
+        for m in methods:
+            pre, lin, _ = trained[m]
+            reg = named(register, f"register-{m}")(
+                config=config_text,
+                method=m,
+                dataset=data.outputs["dataset"],
+                model=pre.outputs["model"],
+                probe_head=lin.outputs["probe_head"],
+                report=rep.outputs["table"],
+                parent_run_id=parent,
+                **{part: ev.outputs["evaluation"] for part, ev in evaluations[m].items()},
+            )
+            # Registration changes the registry (a new version each time): never cached.
+            common(reg, f"register-{m}", None)
+
+    return excon_study
+
+
+def compile_pipeline(
+    cfg: Config,
+    out: Path,
+    methods: Sequence[str] = dag.METHODS,
+    image: str = DEFAULT_IMAGE,
+    resources: Resources | None = None,
+) -> Path:
+    """Compile to a pipeline package (YAML: PipelineSpec + PlatformSpec), written atomically."""
+    import os
+
+    out = Path(out)
+    if out.suffix not in (".yaml", ".yml"):
+        raise ValueError(f"{out}: a pipeline package must end in .yaml")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.stem}.partial{out.suffix}")  # kfp insists on the suffix
+    try:
+        pipeline = build_pipeline(cfg, methods, image, resources)
+        compiler.Compiler().compile(pipeline, package_path=str(tmp))
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return out
