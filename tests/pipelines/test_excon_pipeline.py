@@ -1,0 +1,175 @@
+"""The compiled pipeline: tasks per method, GPU scheduling, secrets, /dev/shm, retries and cache
+keys, checked in both documents of the package (PipelineSpec and the Kubernetes PlatformSpec)."""
+
+import pytest
+
+from excon.config import load_config
+from pipelines.excon_pipeline import build_pipeline
+
+METHODS = ("ce", "supcon", "excon")
+GPU_STAGES = (
+    "pretrain",
+    "probe",
+    "evaluate-calibration",
+    "evaluate-robustness",
+    "evaluate-explanations",
+)
+
+
+def tasks(spec: dict) -> dict:
+    return spec["root"]["dag"]["tasks"]
+
+
+def executor(spec: dict, task: str) -> dict:
+    label = tasks(spec)[task]["componentRef"]["name"].replace("comp-", "exec-", 1)
+    return spec["deploymentSpec"]["executors"][label]["container"]
+
+
+def k8s(platform: dict, spec: dict, task: str) -> dict:
+    label = tasks(spec)[task]["componentRef"]["name"].replace("comp-", "exec-", 1)
+    return platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"][label]
+
+
+def test_one_named_task_per_stage_and_method(compiled):
+    spec, _ = compiled
+    expected = {"start-tracking", "prepare", "report"} | {
+        f"{stage}-{m}" for m in METHODS for stage in (*GPU_STAGES, "register")
+    }
+    assert set(tasks(spec)) == expected
+    assert tasks(spec)["pretrain-excon"]["taskInfo"]["name"] == "pretrain-excon"
+
+
+def test_gpu_tasks_request_a_gpu_on_gpu_nodes(compiled):
+    spec, platform = compiled
+    for m in METHODS:
+        for stage in GPU_STAGES:
+            task = f"{stage}-{m}"
+            container = executor(spec, task)
+            assert container["image"] == "registry.test/excon:1"
+            res = container["resources"]
+            assert res["accelerator"]["resourceType"] == "nvidia.com/gpu", task
+            assert res["accelerator"]["resourceCount"] == "1", task
+            assert res["resourceCpuRequest"] and res["resourceMemoryLimit"], task
+            conf = k8s(platform, spec, task)
+            assert conf["nodeSelector"]["nodeSelectorJson"] == {
+                "componentInputParameter": "gpu_node_selector"
+            }
+            assert conf["tolerations"] == [
+                {"tolerationJson": {"componentInputParameter": "gpu_tolerations"}}
+            ]
+            assert conf["emptyDirMounts"] == [
+                {
+                    "medium": "Memory",
+                    "mountPath": "/dev/shm",
+                    "sizeLimit": "16Gi",
+                    "volumeName": "dshm",
+                }
+            ]
+    # CPU-only stages ask for no accelerator and mount no shm
+    for task in ("prepare", "report", "register-ce", "start-tracking"):
+        assert "accelerator" not in executor(spec, task).get("resources", {}), task
+        assert "emptyDirMounts" not in k8s(platform, spec, task), task
+    defaults = spec["root"]["inputDefinitions"]["parameters"]
+    assert defaults["gpu_node_selector"]["defaultValue"] == {"nvidia.com/gpu.present": "true"}
+    assert defaults["gpu_tolerations"]["defaultValue"] == [
+        {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
+    ]
+
+
+def test_every_task_reads_credentials_from_secrets(compiled):
+    spec, platform = compiled
+    for task in tasks(spec):
+        secrets = k8s(platform, spec, task)["secretAsEnv"]
+        by_name = {}
+        for s in secrets:
+            by_name.setdefault((s["secretName"], s["optional"]), set()).update(
+                e["envVar"] for e in s["keyToEnv"]
+            )
+        assert {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"} <= by_name[("excon-s3", False)]
+        assert by_name[("excon-mlflow", False)] == {"MLFLOW_TRACKING_URI"}
+        assert by_name[("excon-mlflow", True)] == {
+            "MLFLOW_TRACKING_USERNAME",
+            "MLFLOW_TRACKING_PASSWORD",
+        }
+
+
+def test_retries_on_pretrain_only(compiled):
+    spec, _ = compiled
+    for name, task in tasks(spec).items():
+        retries = task.get("retryPolicy", {}).get("maxRetryCount")
+        assert retries == (2 if name.startswith("pretrain-") else None), name
+
+
+def test_caching_with_keys_except_for_side_effects(compiled):
+    spec, _ = compiled
+    for name, task in tasks(spec).items():
+        caching = task.get("cachingOptions", {})
+        if name.startswith(("register-", "start-tracking")):
+            assert not caching.get("enableCache"), name  # they change MLflow: never skipped
+        else:
+            assert caching["enableCache"] is True, name
+            assert caching["cacheKey"].startswith(name.split("-")[0]), name
+
+
+def keys(spec: dict) -> dict[str, str]:
+    return {
+        n: t["cachingOptions"]["cacheKey"]
+        for n, t in tasks(spec).items()
+        if t.get("cachingOptions", {}).get("cacheKey")
+    }
+
+
+def test_cache_keys_change_exactly_where_results_can(compile_docs, compiled):
+    base = keys(compile_docs("--image", "registry.test/excon:1")[0])
+    assert base == keys(compiled[0])  # deterministic
+    tau = keys(compile_docs("--image", "registry.test/excon:1", "--set", "method.tau=0.6")[0])
+    changed = {n for n in base if base[n] != tau[n]}
+    assert changed == {
+        "pretrain-excon",
+        "probe-excon",
+        "evaluate-calibration-excon",
+        "evaluate-robustness-excon",
+        "evaluate-explanations-excon",
+        "report",
+    }
+    pgd = keys(compile_docs("--image", "registry.test/excon:1", "--set", "eval.pgd_steps=3")[0])
+    assert {n for n in base if base[n] != pgd[n]} == {
+        *(f"evaluate-robustness-{m}" for m in METHODS),
+        "report",
+    }
+    image = keys(compile_docs("--image", "registry.test/excon:2")[0])
+    assert all(base[n] != image[n] for n in base)  # a new image never reuses old results
+
+
+def test_gpus_and_methods_options(compile_docs):
+    spec, _ = compile_docs("--gpus", "2", "--methods", "supcon", "excon")
+    assert executor(spec, "pretrain-excon")["resources"]["accelerator"]["resourceCount"] == "2"
+    assert not any(name.endswith("-ce") for name in tasks(spec))
+    report_inputs = tasks(spec)["report"]["inputs"]["artifacts"]
+    assert set(report_inputs) == {
+        f"{m}_{p}"
+        for m in ("supcon", "excon")
+        for p in ("calibration", "robustness", "explanations")
+    }
+
+
+def test_bad_options_are_one_line_errors(tmp_path, capsys):
+    from pipelines.cli import main
+
+    assert main(["compile", "-o", str(tmp_path / "p.yaml"), "--set", "train.epochs=-1"]) == 2
+    assert "train.epochs" in capsys.readouterr().err
+    assert main(["compile", "-o", str(tmp_path / "p.json")]) == 2
+    assert "must end in .yaml" in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())  # nothing half-written
+    with pytest.raises(ValueError, match="methods"):
+        build_pipeline(load_config(None), methods=["simclr"])
+
+
+def test_submit_to_an_unreachable_host_is_one_clear_line(capsys):
+    from pipelines.cli import main
+
+    assert main(["submit", "--host", "http://127.0.0.1:9", "--experiment", "t"]) == 2
+    err = capsys.readouterr().err
+    assert "could not submit to Kubeflow Pipelines at http://127.0.0.1:9" in err
+    assert main(["submit", "--host", "http://x", "--node-selector", "[1]"]) == 2
+    assert "--node-selector: expected a JSON dict" in capsys.readouterr().err
