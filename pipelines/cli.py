@@ -42,9 +42,10 @@ TINY = [
     "eval.deletion_steps=4",
     "eval.grid_images=2",
 ]
-# On the cluster the corrupted sets are cached in the pod's scratch space (the image's root
-# filesystem is read-only), and MLflow is found through $MLFLOW_TRACKING_URI (a secret).
-CLUSTER = ["eval.shift_cache=/tmp/excon/shift"]
+# On the cluster, downloads and corrupted sets go to the pod's scratch space (the image's root
+# filesystem may be read-only; --set data.raw_dir=... to point at mounted files instead), and
+# MLflow is found through $MLFLOW_TRACKING_URI (a secret).
+CLUSTER = ["eval.shift_cache=/tmp/excon/shift", "data.raw_dir=/tmp/excon/raw"]
 
 
 def _config(args: argparse.Namespace, extra: list[str]) -> Config:

@@ -1,0 +1,223 @@
+"""Shared fixtures for the component tests: each component's `python_func` called in-process with
+KFP artifact stand-ins on real local paths (a plain local uri is the artifact's `.path`).
+
+The chain dataset -> pretrain -> probe -> three evaluations is session-scoped, so it runs once
+however many test files read it; each test writes only into its own outputs.
+"""
+
+from __future__ import annotations
+
+import shutil
+import socket
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import mlflow
+import pytest
+import yaml
+from kfp.dsl import HTML, Artifact, Dataset, Metrics, Model
+
+from components.evaluate_calibration.component import evaluate_calibration
+from components.evaluate_explanations.component import evaluate_explanations
+from components.evaluate_robustness.component import evaluate_robustness
+from components.pretrain.component import pretrain
+from components.probe.component import probe
+from excon.config import load_config
+from excon.tracking import PARENT_ENV
+
+# tests/conftest.py's TINY network plus the eval settings of pipelines/cli.py's TINY preset.
+# Spelled out: `tiny_config` is function-scoped (session fixtures cannot use it) and conftest
+# modules are not importable by name.
+PRESET = [
+    "model.width=0.0625",
+    "model.proj_dim=8",
+    "train.batch_size=16",
+    "train.device=cpu",
+    "optim.lr=0.05",
+    "probe.batch_size=32",
+    "method.exp_epochs=0",
+    "method.grid_images=2",
+    "train.epochs=1",
+    "train.max_steps_per_epoch=2",
+    "probe.epochs=2",
+    "probe.lrs=[0.1]",
+    "eval.eps=[4]",
+    "eval.pgd_steps=2",
+    "eval.attack_images=16",
+    "eval.corruptions=[contrast]",
+    "eval.severities=[1, 5]",
+    "eval.shift_images=8",
+    "eval.expl_images=16",
+    "eval.deletion_steps=4",
+    "eval.grid_images=2",
+]
+METHOD = "excon"  # the study's own method: the chain exercises its Grad-CAM training path
+PARTS = ("calibration", "robustness", "explanations")
+EVALUATORS = {
+    "calibration": evaluate_calibration,
+    "robustness": evaluate_robustness,
+    "explanations": evaluate_explanations,
+}
+
+
+def artifact(cls: type, path: Path, name: str | None = None):
+    """A KFP artifact stand-in whose `.path` is `path` (a plain local uri maps to itself)."""
+    return cls(name=name or path.name, uri=str(path), metadata={})
+
+
+def restore_parent_env(mp: pytest.MonkeyPatch) -> None:
+    # setenv first so the undo restores the original state even when the variable was unset
+    # (delenv of an absent variable records nothing); components set it in-process.
+    mp.setenv(PARENT_ENV, "")
+    mp.delenv(PARENT_ENV, raising=False)
+
+
+@pytest.fixture(autouse=True)
+def _parent_env(monkeypatch) -> None:
+    restore_parent_env(monkeypatch)
+
+
+@pytest.fixture(scope="session")
+def session_env() -> Iterator[pytest.MonkeyPatch]:
+    """Env isolation for the session-scoped chain (function monkeypatch comes too late)."""
+    with pytest.MonkeyPatch.context() as mp:
+        restore_parent_env(mp)
+        yield mp
+
+
+@pytest.fixture
+def output(tmp_path) -> Callable[[type, str], object]:
+    """`output(Model, "model")`: an output artifact stand-in at tmp_path/<name>."""
+    return lambda cls, name: artifact(cls, tmp_path / name, name)
+
+
+@pytest.fixture(scope="session")
+def make_config(tmp_path_factory) -> Callable[..., str]:
+    """`make_config(*overrides)`: the YAML text a pipeline hands its tasks, tracking off."""
+    # The default shift cache is ./data/shift: keep the corrupted sets out of the checkout.
+    shift = tmp_path_factory.mktemp("shift")
+
+    def make(*overrides: str) -> str:
+        cfg = load_config(
+            None, [*PRESET, f"eval.shift_cache={shift}", "tracking.enabled=false", *overrides]
+        )
+        return yaml.safe_dump(cfg.to_dict())
+
+    return make
+
+
+@pytest.fixture
+def restore_mlflow_uri() -> Iterator[None]:
+    """Components point mlflow's process-global tracking URI at their store: put it back."""
+    old = mlflow.get_tracking_uri()
+    yield
+    mlflow.set_tracking_uri(old)
+
+
+@pytest.fixture
+def mlflow_store(tmp_path, restore_mlflow_uri) -> str:
+    """A fresh SQLite tracking store whose `excon` experiment keeps artifacts under tmp (the
+    default artifact root would be ./mlruns in the checkout)."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    mlflow.MlflowClient(tracking_uri=uri).create_experiment(
+        "excon", artifact_location=(tmp_path / "mlartifacts").as_uri()
+    )
+    return uri
+
+
+@pytest.fixture
+def tracking_on(mlflow_store) -> list[str]:
+    """The overrides that turn tracking on, into `mlflow_store`."""
+    return ["tracking.enabled=true", f"tracking.uri={mlflow_store}"]
+
+
+@pytest.fixture
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def chain_root(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("chain")
+
+
+@pytest.fixture(scope="session")
+def dataset(prepared, chain_root) -> Dataset:
+    """The shared `prepared` blobs as a Dataset artifact (a copy: no component may write it)."""
+    return artifact(Dataset, Path(shutil.copytree(prepared, chain_root / "dataset")))
+
+
+@pytest.fixture(scope="session")
+def pretrained(make_config, dataset, chain_root, session_env) -> tuple[Model, Metrics]:
+    model = artifact(Model, chain_root / "model")
+    metrics = artifact(Metrics, chain_root / "pretrain_metrics")
+    pretrain.python_func(
+        config=make_config(), method=METHOD, dataset=dataset, model=model, metrics=metrics
+    )
+    return model, metrics
+
+
+@pytest.fixture(scope="session")
+def probed(make_config, dataset, pretrained, chain_root, session_env) -> tuple[Model, Metrics]:
+    head = artifact(Model, chain_root / "probe_head")
+    metrics = artifact(Metrics, chain_root / "probe_metrics")
+    probe.python_func(
+        config=make_config(),
+        method=METHOD,
+        dataset=dataset,
+        model=pretrained[0],
+        probe_head=head,
+        metrics=metrics,
+    )
+    return head, metrics
+
+
+@pytest.fixture(scope="session")
+def evaluations(
+    make_config, dataset, pretrained, probed, chain_root, session_env
+) -> dict[str, tuple[Artifact, Metrics, HTML]]:
+    """part -> (evaluation, metrics, plots) of the three evaluation components."""
+    out = {}
+    for part in PARTS:
+        evaluation = artifact(Artifact, chain_root / f"{part}", "evaluation")
+        metrics = artifact(Metrics, chain_root / f"{part}_metrics", "metrics")
+        plots = artifact(HTML, chain_root / f"{part}.html", "plots")
+        EVALUATORS[part].python_func(
+            config=make_config(),
+            method=METHOD,
+            dataset=dataset,
+            model=pretrained[0],
+            probe_head=probed[0],
+            evaluation=evaluation,
+            metrics=metrics,
+            plots=plots,
+        )
+        out[part] = (evaluation, metrics, plots)
+    return out
+
+
+@pytest.fixture
+def evaluated(evaluations) -> Callable[[str], tuple[Path, dict]]:
+    """`evaluated(part)`: checks what every evaluation component promises (metrics.json logged
+    on the Metrics artifact, real files, an HTML page embedding every PNG) and returns the
+    part's folder and metrics.json."""
+    import json
+
+    from excon.stages import numeric
+
+    def check(part: str) -> tuple[Path, dict]:
+        evaluation, metrics, plots = evaluations[part]
+        out = Path(evaluation.path)
+        written = json.loads((out / "metrics.json").read_text())
+        assert written["method"] == METHOD
+        assert metrics.metadata == numeric(written)
+        assert not any(p.is_symlink() for p in out.rglob("*"))  # the run dir was temporary
+        pngs = sorted(out.glob("*.png"))
+        html = Path(plots.path).read_text()
+        assert pngs and html.count("data:image/png;base64,") == len(pngs)
+        assert f"<title>{METHOD}: {part}</title>" in html
+        return out, written
+
+    return check

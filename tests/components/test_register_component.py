@@ -1,0 +1,74 @@
+"""register: a model version behind the promotion gate, from the pipeline's artifacts."""
+
+import json
+from pathlib import Path
+
+import mlflow
+import pytest
+from kfp.dsl import Markdown
+
+from components.register.component import register
+from excon.tracking import RegistryError
+
+
+@pytest.fixture
+def inputs(dataset, pretrained, probed, evaluations, tmp_path) -> dict:
+    # `report` only orders registration after the comparison: any Markdown file stands in
+    table = tmp_path / "report.md"
+    table.write_text("# excon: methods compared\n")
+    return {
+        "method": "excon",
+        "dataset": dataset,
+        "model": pretrained[0],
+        "probe_head": probed[0],
+        **{part: evaluation for part, (evaluation, _, _) in evaluations.items()},
+        "report": Markdown(name="table", uri=str(table), metadata={}),
+    }
+
+
+def test_first_version_is_promoted_then_gated(
+    make_config, tracking_on, mlflow_store, inputs, output, evaluations, tmp_path
+):
+    config = make_config(*tracking_on)
+    first = output(Markdown, "decision1")
+    register.python_func(config=config, decision=first, **inputs)
+    assert first.metadata == {"name": "excon-blobs", "version": 1, "decision": "promoted"}
+    assert Path(first.path).read_text() == (
+        "# excon-blobs version 1: promoted\n\n- no champion yet: promoted\n"
+    )
+
+    client = mlflow.MlflowClient(tracking_uri=mlflow_store)
+    version = client.get_model_version_by_alias("excon-blobs", "champion")
+    assert int(version.version) == 1 and version.tags["gate.decision"] == "promoted"
+    top1 = evaluations["calibration"][1].metadata["test/top1"]
+    assert float(version.tags["metric.test/top1"]) == top1
+    # the registered files are the pipeline's artifacts
+    local = Path(
+        mlflow.artifacts.download_artifacts(
+            artifact_uri="models:/excon-blobs/1",
+            dst_path=str(tmp_path / "dl"),
+            tracking_uri=mlflow_store,
+        )
+    )
+    model_json = next(local.rglob("model.json"))
+    assert json.loads(model_json.read_text()) == json.loads(
+        (Path(inputs["model"].path) / "model.json").read_text()
+    )
+    head = Path(inputs["probe_head"].path) / "probe_head.safetensors"
+    assert (model_json.parent / "probe_head.safetensors").read_bytes() == head.read_bytes()
+
+    # the same evaluations again: compared with version 1, equal on every gate metric
+    second = output(Markdown, "decision2")
+    register.python_func(config=config, decision=second, **inputs)
+    lines = Path(second.path).read_text().splitlines()
+    assert lines[0] == "# excon-blobs version 2: promoted"
+    assert lines[2] == "- champion: version 1"
+    assert sum(line.startswith("- pass ") for line in lines) == 4
+    assert int(client.get_model_version_by_alias("excon-blobs", "champion").version) == 2
+
+
+def test_tracking_off_is_a_clear_error(make_config, inputs, output):
+    decision = output(Markdown, "decision")
+    with pytest.raises(RegistryError, match="needs MLflow tracking"):
+        register.python_func(config=make_config(), decision=decision, **inputs)
+    assert not Path(decision.path).exists()

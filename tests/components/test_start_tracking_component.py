@@ -1,0 +1,71 @@
+"""start_tracking: the MLflow parent run that ties one pipeline run's stage runs together."""
+
+import os
+
+import mlflow
+import pytest
+from kfp.dsl import Metrics, Model
+
+from components.probe.component import probe
+from components.start_tracking.component import start_tracking
+from excon.tracking import PARENT_ENV, TrackingError
+
+
+def test_creates_a_finished_parent_run(make_config, tracking_on, mlflow_store):
+    run_id = start_tracking.python_func(config=make_config(*tracking_on))
+    run = mlflow.MlflowClient(tracking_uri=mlflow_store).get_run(run_id)
+    assert run.info.status == "FINISHED"
+    assert run.info.run_name == "study-animals"  # data.dataset keeps its default
+    assert run.data.tags["excon.stage"] == "pipeline"
+    assert "mlflow.parentRunId" not in run.data.tags
+
+
+def test_stage_runs_hang_under_the_parent(
+    make_config, tracking_on, mlflow_store, dataset, pretrained, output
+):
+    config = make_config(*tracking_on)
+    parent = start_tracking.python_func(config=config)
+
+    def run_probe(name: str, **kwargs: str) -> Metrics:
+        metrics = output(Metrics, f"{name}_metrics")
+        probe.python_func(
+            config=config,
+            method="excon",
+            dataset=dataset,
+            model=pretrained[0],
+            probe_head=output(Model, name),
+            metrics=metrics,
+            **kwargs,
+        )
+        return metrics
+
+    metrics = run_probe("child", parent_run_id=parent)
+    assert os.environ[PARENT_ENV] == parent  # how stage_run finds it
+    run_probe("alone")  # default parent_run_id="": the previous parent must not leak into it
+
+    client = mlflow.MlflowClient(tracking_uri=mlflow_store)
+    experiment = client.get_experiment_by_name("excon").experiment_id
+    runs = {r.info.run_id: r for r in client.search_runs([experiment])}
+    children = [r for r in runs.values() if r.data.tags.get("mlflow.parentRunId") == parent]
+    assert len(runs) == 3 and len(children) == 1
+    child = children[0]
+    assert child.data.tags["excon.stage"] == "probe"
+    assert child.data.tags["excon.method"] == "excon"
+    assert child.data.metrics["test/top1"] == metrics.metadata["test/top1"]
+    alone = [r for r in runs.values() if r.info.run_id not in (parent, child.info.run_id)]
+    assert "mlflow.parentRunId" not in alone[0].data.tags
+
+
+def test_tracking_off_returns_no_id_and_writes_no_store(make_config, tmp_path):
+    db = tmp_path / "off.db"
+    assert start_tracking.python_func(config=make_config(f"tracking.uri=sqlite:///{db}")) == ""
+    assert not db.exists()
+
+
+def test_unreachable_server_fails_fast(make_config, free_port, monkeypatch, restore_mlflow_uri):
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")  # refused at once, no backoff
+    uri = f"http://127.0.0.1:{free_port}"
+    with pytest.raises(TrackingError, match=rf"{uri} is not usable.*tracking\.enabled=false"):
+        start_tracking.python_func(
+            config=make_config("tracking.enabled=true", f"tracking.uri={uri}")
+        )
