@@ -137,15 +137,13 @@ def link_run(
 def restore_checkpoint(url: str, run: Path) -> bool:
     """Fetch `url`/checkpoint.pt into `run` when a previous attempt left one there (a retried
     cluster task starts in a fresh pod); returns whether one was found."""
-    from excon.storage import _Store, parse_s3_url
+    from excon.storage import download_file, object_exists
 
-    bucket, key = parse_s3_url(f"{url.rstrip('/')}/checkpoint.pt")
-    if _Store().head_object(bucket, key) is None:
+    source = f"{url.rstrip('/')}/checkpoint.pt"
+    if not object_exists(source):
         return False
-    from excon.storage import download_file
-
     run.mkdir(parents=True, exist_ok=True)
-    download_file(f"s3://{bucket}/{key}", run / "checkpoint.pt")
+    download_file(source, run / "checkpoint.pt")
     return True
 
 

@@ -291,6 +291,12 @@ def upload_file(path: str | Path, url: str, settings: S3Settings | None = None) 
     return digest
 
 
+def object_exists(url: str, settings: S3Settings | None = None) -> bool:
+    """Whether `s3://bucket/key` exists (a missing bucket or bad credentials still raise)."""
+    bucket, key = parse_s3_url(url)
+    return _Store(settings).head_object(bucket, key) is not None
+
+
 def download_file(url: str, path: str | Path, settings: S3Settings | None = None) -> str:
     """Download `s3://bucket/key` to `path`, verified against its sha256 metadata; returns the
     digest. On any failure `path` is left as it was."""
