@@ -226,11 +226,14 @@ def _champion(client: Any, name: str) -> Any | None:
         return None
 
 
-def register(cfg: Config, run_dir: Path, data_dir: Path | None = None) -> dict:
+def register(
+    cfg: Config, run_dir: Path, data_dir: Path | None = None, source: str | None = None
+) -> dict:
     """Log the run in `run_dir` as a pyfunc model, register a new version with alias
     `challenger`, and move `champion` to it when it passes the gate.
 
-    Returns {name, version, decision, reasons}."""
+    `source` (default: run_dir) is where the run's files live, recorded as a tag; orchestrators
+    pass their artifact URI. Returns {name, version, decision, reasons}."""
     from excon.evaluate import PARTS
     from excon.evaluate.report import EVAL_DIR, EVAL_METRICS, load_eval_metrics
 
@@ -272,7 +275,7 @@ def register(cfg: Config, run_dir: Path, data_dir: Path | None = None) -> dict:
                     signature=_signature(meta),
                 )
         tags = {
-            "excon.run_dir": str(run_dir),
+            "excon.run_dir": source or str(run_dir),
             "excon.method": str(meta.get("method")),
             "excon.dataset": str(meta.get("dataset")),
             **{

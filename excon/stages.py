@@ -98,12 +98,12 @@ def report(cfg: Config, runs: list[Path], out: Path) -> dict:
     return summary
 
 
-def register(cfg: Config, run: Path, data: Path | None = None) -> dict:
+def register(cfg: Config, run: Path, data: Path | None = None, source: str | None = None) -> dict:
     """Register run `run` behind the promotion gate; writes <run>/registered.json."""
     from excon.artifacts import write_json
     from excon.registry import register as register_model
 
-    result = register_model(cfg, run, data)
+    result = register_model(cfg, run, data, source)
     write_json(run / "registered.json", result)
     return result
 

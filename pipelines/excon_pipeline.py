@@ -152,6 +152,7 @@ def build_pipeline(
                 dataset=data.outputs["dataset"],
                 parent_run_id=parent,
                 checkpoint_url=checkpoint_url,
+                run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
             )
             common(pre, f"pretrain-{m}", pre_key)
             on_gpu(pre, gpu_node_selector, gpu_tolerations)

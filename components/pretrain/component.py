@@ -15,9 +15,12 @@ def pretrain(
     metrics: Output[Metrics],
     parent_run_id: str = "",
     checkpoint_url: str = "",
+    run_id: str = "",
 ) -> None:
-    """With `checkpoint_url` (s3://...), the checkpoint goes there after every epoch and a retry
-    of this task (a fresh pod) resumes from it instead of starting over."""
+    """With `checkpoint_url` (s3://...), the checkpoint goes to <checkpoint_url>/<run_id>/<method>
+    after every epoch and a retry of this task (a fresh pod, same pipeline run) resumes from it
+    instead of starting over. Methods and pipeline runs never share a checkpoint, so one found
+    there was trained with this task's parameters."""
     import os
     from pathlib import Path
 
@@ -27,15 +30,14 @@ def pretrain(
     os.environ["EXCON_PARENT_RUN_ID"] = parent_run_id
     cfg = loads_config(config, [f"method.name={method}"])
     run = Path(model.path)
-    resumed = bool(checkpoint_url) and stages.restore_checkpoint(checkpoint_url, run)
+    url = "/".join(p for p in (checkpoint_url.rstrip("/"), run_id, method) if p)
+    resumed = bool(checkpoint_url) and stages.restore_checkpoint(url, run)
     summary = stages.pretrain(
         cfg,
         Path(dataset.path),
         run,
         resume="auto" if resumed else False,
-        on_epoch=(lambda _: stages.save_checkpoint(checkpoint_url, run))
-        if checkpoint_url
-        else None,
+        on_epoch=(lambda _: stages.save_checkpoint(url, run)) if checkpoint_url else None,
     )
     (run / "checkpoint.pt").unlink(missing_ok=True)  # the run's scratch, not the model
     model.metadata.update({"method": method, "resumed": resumed})

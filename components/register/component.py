@@ -39,7 +39,7 @@ def register(
     with tempfile.TemporaryDirectory() as tmp:
         sources = [Path(model.path), Path(probe_head.path)]
         run = stages.link_run(Path(tmp) / "run", *sources, evals=evals, copy=True)
-        result = stages.register(cfg, run, Path(dataset.path))
+        result = stages.register(cfg, run, Path(dataset.path), source=model.uri)
     lines = [f"# {result['name']} version {result['version']}: {result['decision']}", ""]
     lines += [f"- {reason}" for reason in result["reasons"]]
     Path(decision.path).write_text("\n".join(lines) + "\n")

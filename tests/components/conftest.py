@@ -7,6 +7,8 @@ however many test files read it; each test writes only into its own outputs.
 
 from __future__ import annotations
 
+import contextlib
+import json
 import shutil
 import socket
 from collections.abc import Callable, Iterator
@@ -23,6 +25,7 @@ from components.evaluate_robustness.component import evaluate_robustness
 from components.pretrain.component import pretrain
 from components.probe.component import probe
 from excon.config import load_config
+from excon.stages import numeric
 from excon.tracking import PARENT_ENV
 
 # tests/conftest.py's TINY network plus the eval settings of pipelines/cli.py's TINY preset.
@@ -31,7 +34,7 @@ from excon.tracking import PARENT_ENV
 PRESET = [
     "model.width=0.0625",
     "model.proj_dim=8",
-    "train.batch_size=16",
+    "train.batch_size=16",  # not the preset's 32: the blobs have 24 training images
     "train.device=cpu",
     "optim.lr=0.05",
     "probe.batch_size=32",
@@ -77,12 +80,12 @@ def _parent_env(monkeypatch) -> None:
     restore_parent_env(monkeypatch)
 
 
-@pytest.fixture(scope="session")
-def session_env() -> Iterator[pytest.MonkeyPatch]:
-    """Env isolation for the session-scoped chain (function monkeypatch comes too late)."""
+@contextlib.contextmanager
+def parent_env_restored() -> Iterator[None]:
+    """For the session-scoped chain, which runs before any function-scoped monkeypatch."""
     with pytest.MonkeyPatch.context() as mp:
         restore_parent_env(mp)
-        yield mp
+        yield
 
 
 @pytest.fixture
@@ -150,33 +153,35 @@ def dataset(prepared, chain_root) -> Dataset:
 
 
 @pytest.fixture(scope="session")
-def pretrained(make_config, dataset, chain_root, session_env) -> tuple[Model, Metrics]:
+def pretrained(make_config, dataset, chain_root) -> tuple[Model, Metrics]:
     model = artifact(Model, chain_root / "model")
     metrics = artifact(Metrics, chain_root / "pretrain_metrics")
-    pretrain.python_func(
-        config=make_config(), method=METHOD, dataset=dataset, model=model, metrics=metrics
-    )
+    with parent_env_restored():
+        pretrain.python_func(
+            config=make_config(), method=METHOD, dataset=dataset, model=model, metrics=metrics
+        )
     return model, metrics
 
 
 @pytest.fixture(scope="session")
-def probed(make_config, dataset, pretrained, chain_root, session_env) -> tuple[Model, Metrics]:
+def probed(make_config, dataset, pretrained, chain_root) -> tuple[Model, Metrics]:
     head = artifact(Model, chain_root / "probe_head")
     metrics = artifact(Metrics, chain_root / "probe_metrics")
-    probe.python_func(
-        config=make_config(),
-        method=METHOD,
-        dataset=dataset,
-        model=pretrained[0],
-        probe_head=head,
-        metrics=metrics,
-    )
+    with parent_env_restored():
+        probe.python_func(
+            config=make_config(),
+            method=METHOD,
+            dataset=dataset,
+            model=pretrained[0],
+            probe_head=head,
+            metrics=metrics,
+        )
     return head, metrics
 
 
 @pytest.fixture(scope="session")
 def evaluations(
-    make_config, dataset, pretrained, probed, chain_root, session_env
+    make_config, dataset, pretrained, probed, chain_root
 ) -> dict[str, tuple[Artifact, Metrics, HTML]]:
     """part -> (evaluation, metrics, plots) of the three evaluation components."""
     out = {}
@@ -184,16 +189,17 @@ def evaluations(
         evaluation = artifact(Artifact, chain_root / f"{part}", "evaluation")
         metrics = artifact(Metrics, chain_root / f"{part}_metrics", "metrics")
         plots = artifact(HTML, chain_root / f"{part}.html", "plots")
-        EVALUATORS[part].python_func(
-            config=make_config(),
-            method=METHOD,
-            dataset=dataset,
-            model=pretrained[0],
-            probe_head=probed[0],
-            evaluation=evaluation,
-            metrics=metrics,
-            plots=plots,
-        )
+        with parent_env_restored():
+            EVALUATORS[part].python_func(
+                config=make_config(),
+                method=METHOD,
+                dataset=dataset,
+                model=pretrained[0],
+                probe_head=probed[0],
+                evaluation=evaluation,
+                metrics=metrics,
+                plots=plots,
+            )
         out[part] = (evaluation, metrics, plots)
     return out
 
@@ -203,9 +209,6 @@ def evaluated(evaluations) -> Callable[[str], tuple[Path, dict]]:
     """`evaluated(part)`: checks what every evaluation component promises (metrics.json logged
     on the Metrics artifact, real files, an HTML page embedding every PNG) and returns the
     part's folder and metrics.json."""
-    import json
-
-    from excon.stages import numeric
 
     def check(part: str) -> tuple[Path, dict]:
         evaluation, metrics, plots = evaluations[part]

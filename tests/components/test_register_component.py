@@ -42,6 +42,8 @@ def test_first_version_is_promoted_then_gated(
     assert int(version.version) == 1 and version.tags["gate.decision"] == "promoted"
     top1 = evaluations["calibration"][1].metadata["test/top1"]
     assert float(version.tags["metric.test/top1"]) == top1
+    # provenance points at the pipeline's model artifact, not the component's scratch dir
+    assert version.tags["excon.run_dir"] == inputs["model"].uri
     # the registered files are the pipeline's artifacts
     local = Path(
         mlflow.artifacts.download_artifacts(

@@ -15,6 +15,21 @@ class Killed(RuntimeError):
     pass
 
 
+def run_component(cfg, method, prepared, out, base, run_id):
+    model = Model(name="model", uri=str(out), metadata={})
+    metrics = Metrics(name="metrics", uri=f"{out}-metrics", metadata={})
+    pretrain_component.python_func(
+        config=yaml.safe_dump(cfg.to_dict()),
+        method=method,
+        dataset=Dataset(name="dataset", uri=str(prepared), metadata={}),
+        model=model,
+        metrics=metrics,
+        checkpoint_url=base,
+        run_id=run_id,
+    )
+    return model, metrics
+
+
 def test_restore_is_false_when_nothing_was_saved(s3_env, bucket, tmp_path):
     assert stages.restore_checkpoint(f"s3://{bucket}/none", tmp_path / "run") is False
     assert not (tmp_path / "run").exists()
@@ -26,7 +41,8 @@ def test_a_retry_resumes_from_the_uploaded_checkpoint(
     monkeypatch.setenv("EXCON_PARENT_RUN_ID", "")
     overrides = ["method.name=supcon", "train.epochs=2", "tracking.enabled=false"]
     cfg = tiny_config(*overrides)
-    url = f"s3://{bucket}/ckpt/supcon"
+    base, run_id = f"s3://{bucket}/ckpt", "run-1"
+    url = f"{base}/{run_id}/supcon"  # where the component keeps supcon's checkpoint
 
     # attempt 1: killed after its first epoch, once that epoch's checkpoint is uploaded
     def upload_then_die(row):
@@ -35,19 +51,10 @@ def test_a_retry_resumes_from_the_uploaded_checkpoint(
 
     with pytest.raises(Killed):
         stages.pretrain(cfg, prepared, tmp_path / "attempt1", False, on_epoch=upload_then_die)
-    assert s3_env.client().head_object(Bucket=bucket, Key="ckpt/supcon/checkpoint.pt")
+    assert s3_env.client().head_object(Bucket=bucket, Key="ckpt/run-1/supcon/checkpoint.pt")
 
     # attempt 2: a fresh pod (empty output dir) runs the component with the same url
-    model = Model(name="model", uri=str(tmp_path / "attempt2"), metadata={})
-    metrics = Metrics(name="metrics", uri=str(tmp_path / "metrics"), metadata={})
-    pretrain_component.python_func(
-        config=yaml.safe_dump(cfg.to_dict()),
-        method="supcon",
-        dataset=Dataset(name="dataset", uri=str(prepared), metadata={}),
-        model=model,
-        metrics=metrics,
-        checkpoint_url=url,
-    )
+    model, metrics = run_component(cfg, "supcon", prepared, tmp_path / "attempt2", base, run_id)
     assert model.metadata["resumed"] is True
     assert not (tmp_path / "attempt2" / "checkpoint.pt").exists()  # scratch, not the model
 
@@ -58,3 +65,21 @@ def test_a_retry_resumes_from_the_uploaded_checkpoint(
     assert resumed.keys() == whole.keys()
     assert all((resumed[k] == whole[k]).all() for k in whole)
     assert 0 <= metrics.metadata["val/top1"] <= 1
+
+
+def test_methods_and_runs_keep_their_checkpoints_apart(
+    s3_env, bucket, prepared, tiny_config, tmp_path, monkeypatch
+):
+    monkeypatch.setenv("EXCON_PARENT_RUN_ID", "")
+    cfg = tiny_config("train.epochs=1", "tracking.enabled=false")
+    base = f"s3://{bucket}/ckpt"
+    supcon, _ = run_component(cfg, "supcon", prepared, tmp_path / "s", base, "run-1")
+    ce, _ = run_component(cfg, "ce", prepared, tmp_path / "c", base, "run-1")
+    again, _ = run_component(cfg, "ce", prepared, tmp_path / "c2", base, "run-2")
+    assert [m.metadata["resumed"] for m in (supcon, ce, again)] == [False, False, False]
+    listed = s3_env.client().list_objects_v2(Bucket=bucket, Prefix="ckpt/")["Contents"]
+    assert sorted(o["Key"] for o in listed) == [
+        "ckpt/run-1/ce/checkpoint.pt",
+        "ckpt/run-1/supcon/checkpoint.pt",
+        "ckpt/run-2/ce/checkpoint.pt",
+    ]
