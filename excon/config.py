@@ -84,6 +84,9 @@ class TrainConfig:
     channels_last: bool = True  # NHWC convolutions: faster on CPU (oneDNN) and CUDA alike
     runs_dir: str = "runs"
     max_steps_per_epoch: int | None = None  # cap for smoke runs and tests
+    # Under torchrun with several GPUs: BatchNorm statistics over the global batch (torch's
+    # SyncBatchNorm is CUDA-only; per-rank statistics otherwise, as DDP does by default).
+    sync_bn: bool = False
 
 
 @dataclass

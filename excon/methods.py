@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from excon.config import ConfigError, MethodConfig
+from excon.distributed import gather_with_grad
 from excon.losses import supcon_loss
 from excon.models import ExConNet
 from excon.saliency import GradCam, keep_mask, mask_images
@@ -71,10 +72,16 @@ def contrastive_step(
     h = model.encoder(torch.cat(views))  # one forward for all views: BN sees the whole batch
     z = model.projector(h).view(len(views), batch, -1).transpose(0, 1)
     negatives_only = None if cfg.background_anchor else background
+    # Under DDP the contrast is over the global batch: every rank's features (with gradient),
+    # labels and background flags (no-ops in a single process).
+    z_all, labels_all = gather_with_grad(z), gather_with_grad(labels)
+    negatives_all = None if negatives_only is None else gather_with_grad(negatives_only)
     # The loss in fp32 even under bf16 autocast: logits near 1/temperature = 10 lose ~0.03 in
     # bf16, which coarsens the contrastive gradients (the reference computes it in fp32).
     with torch.autocast(z.device.type, enabled=False):
-        loss = supcon_loss(z.float(), labels, cfg.temperature, cfg.base_temperature, negatives_only)
+        loss = supcon_loss(
+            z_all.float(), labels_all, cfg.temperature, cfg.base_temperature, negatives_all
+        )
     stats = {"loss": loss.detach(), "contrastive_loss": loss.detach()}
     if cfg.head_training == "online":
         # Detached features: the head learns from the encoder but never shapes it.

@@ -7,6 +7,7 @@ metrics; none knows who called it.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -49,6 +50,10 @@ def pretrain(
         if on_epoch is not None:
             on_epoch(row)
 
+    from excon.distributed import launched
+
+    if not launched().is_main:  # under torchrun only rank 0 tracks (and writes) the run
+        cfg = dataclasses.replace(cfg, tracking=dataclasses.replace(cfg.tracking, enabled=False))
     with stage_run(cfg, "pretrain", cfg.method.name, data) as run:
         summary = train(cfg, data, out, resume=resume, on_epoch=log_epoch)
         run.log_metrics({"train_seconds": summary["train_seconds"]})  # the rest is per epoch

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from excon import artifacts
+from excon import artifacts, distributed
 from excon.config import Config, ConfigError
 from excon.data.prepared import load_prepared
 from excon.data.views import ViewDataset, make_loader
@@ -122,6 +122,33 @@ def _progress(iterable: Any, total: int, desc: str) -> tqdm:
     )
 
 
+class StepModule(nn.Module):
+    """One training step of `method` as a module, so DDP wraps the whole step (its forward is
+    the step's forward, Grad-CAM included) and synchronises exactly the parameters the step
+    trains (`trained`). The full model is held unregistered: ExCon's Grad-CAM reads the
+    classifier, which its head epoch trains under its own DDP wrapper."""
+
+    def __init__(self, model: ExConNet, method: Method, trained: list[nn.Module]) -> None:
+        super().__init__()
+        self.trained = nn.ModuleList(trained)
+        self.__dict__["model"] = model  # not a submodule: DDP must not see the other params
+        self.method = method
+
+    def forward(
+        self, views: list[torch.Tensor], labels: torch.Tensor, ctx: StepContext
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        out = self.method.step(self.__dict__["model"], views, labels, ctx)
+        return out.loss, out.stats
+
+
+def trained_modules(model: ExConNet, method: Method, head_training: str) -> list[nn.Module]:
+    """The modules the main optimiser updates (the rest belongs to the head epoch)."""
+    if method.head_in_objective:
+        return [model.encoder, model.classifier]
+    extra = [model.classifier] if head_training == "online" else []
+    return [model.encoder, model.projector, *extra]
+
+
 def train_one_epoch(
     model: ExConNet,
     method: Method,
@@ -131,8 +158,12 @@ def train_one_epoch(
     loader: torch.utils.data.DataLoader,
     device: torch.device,
     epoch: int,
+    stepper: nn.Module | None = None,
 ) -> dict[str, float]:
+    """`stepper`: the step as a (DDP-wrapped) StepModule; default: the method's step."""
     model.train()
+    if stepper is None:
+        stepper = StepModule(model, method, trained_modules(model, method, ctx.cfg.head_training))
     steps = (
         len(loader)
         if cfg.train.max_steps_per_epoch is None
@@ -148,20 +179,22 @@ def train_one_epoch(
         views = [to_device(v, device, cfg.train.channels_last) for v in views]
         labels = labels.to(device, non_blocking=True)
         with autocast(device, cfg.train.amp):
-            out = method.step(model, views, labels, ctx)
+            loss, stats = stepper(views, labels, ctx)
         optimizer.zero_grad(set_to_none=True)
-        out.loss.backward()
+        loss.backward()
         optimizer.step()
-        for k, v in out.stats.items():  # summed on device: no host sync per step
+        for k, v in stats.items():  # summed on device: no host sync per step
             sums[k] = sums.get(k, 0) + v.float()
         images_seen += labels.shape[0]
         if bar.disable is False and step % 10 == 0:
             rate = images_seen / (time.perf_counter() - start)
-            bar.set_postfix(loss=f"{out.stats['loss'].item():.3f}", img_s=f"{rate:.0f}")
+            bar.set_postfix(loss=f"{stats['loss'].item():.3f}", img_s=f"{rate:.0f}")
     bar.close()
     elapsed = time.perf_counter() - start
+    sums = distributed.mean_over_ranks(sums)  # e.g. ExCon's accept rate, over all ranks
     result = {f"train/{k}": (v / steps).item() for k, v in sums.items()}
-    result["train/images_per_s"] = images_seen / elapsed
+    # every rank draws the same number of images: the job's rate is world_size times this one's
+    result["train/images_per_s"] = images_seen * distributed.launched().world_size / elapsed
     result["train/lr"] = optimizer.param_groups[0]["lr"]
     return result
 
@@ -173,9 +206,12 @@ def train_head_one_epoch(
     loader: torch.utils.data.DataLoader,
     device: torch.device,
     epoch: int,
+    classifier: nn.Module | None = None,
 ) -> dict[str, float]:
     """The reference's classifier epoch: frozen encoder in eval mode, linear head trained with
-    cross-entropy on detached features of the CE augmentation, same SGD and schedule."""
+    cross-entropy on detached features of the CE augmentation, same SGD and schedule.
+    `classifier`: the head as called (DDP-wrapped under torchrun); default model.classifier."""
+    classifier = classifier if classifier is not None else model.classifier
     model.encoder.eval()
     model.classifier.train()
     steps = (
@@ -194,7 +230,7 @@ def train_head_one_epoch(
         )
         with torch.no_grad(), autocast(device, cfg.train.amp):
             features = model.encoder(images)
-        logits = model.classifier(features.float())
+        logits = classifier(features.float())
         loss = F.cross_entropy(logits, labels)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -202,7 +238,8 @@ def train_head_one_epoch(
         loss_sum += loss.detach() * labels.shape[0]
         correct += (logits.argmax(1) == labels).sum()
         seen += labels.shape[0]
-    return {"head/loss": (loss_sum / seen).item(), "head/acc": (correct / seen).item()}
+    totals = distributed.mean_over_ranks({"loss": loss_sum / seen, "acc": correct.float() / seen})
+    return {"head/loss": totals["loss"].item(), "head/acc": totals["acc"].item()}
 
 
 @torch.no_grad()
@@ -335,8 +372,31 @@ def pretrain(
     device = resolve_device(cfg.train.device)
     if device.type == "cpu":
         tune_cpu_allocator()
+    # Under torchrun: one process per GPU (or CPU process, gloo), each on its shard of the
+    # global batch; rank 0 alone writes files. Joined here, left when pretrain returns.
+    joined = not distributed.active()
+    dist, device = distributed.setup(device)
+    joined = joined and distributed.active()
+    try:
+        return _pretrain(cfg, Path(data_dir), run_dir, resume, on_epoch, method, device, dist)
+    finally:
+        if joined:
+            distributed.teardown()
+
+
+def _pretrain(
+    cfg: Config,
+    data_dir: Path,
+    run_dir: Path,
+    resume: bool | Literal["auto"],
+    on_epoch: Callable[[dict[str, Any]], None] | None,
+    method: Method,
+    device: torch.device,
+    dist: distributed.Context,
+) -> dict:
     data = load_prepared(Path(data_dir))
     train_split, val_split = data.split("train"), data.split("val")
+    rank_batch = distributed.per_rank_batch(cfg.train.batch_size, dist)
     if len(train_split.labels) < cfg.train.batch_size:
         raise ConfigError(
             f"train.batch_size={cfg.train.batch_size} is larger than the training split "
@@ -352,6 +412,10 @@ def pretrain(
         cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, channels_last=False))
     if cfg.train.channels_last:
         model = model.to(memory_format=torch.channels_last)
+    if cfg.train.sync_bn and dist.enabled:
+        if device.type != "cuda":
+            raise ConfigError("train.sync_bn needs CUDA (torch's SyncBatchNorm is GPU-only)")
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     o = cfg.optim
     if method.head_in_objective:
         params = [*model.encoder.parameters(), *model.classifier.parameters()]
@@ -384,7 +448,7 @@ def pretrain(
         if obsolete and resume == "auto":
             # DVC reruns the stage because a dependency changed: the old run is obsolete.
             print(f"{ckpt_path}: {'; '.join(obsolete)}; starting over", file=sys.stderr)
-            ckpt_path.unlink()
+            ckpt_path.unlink(missing_ok=True)  # every rank may get here under torchrun
         elif obsolete:
             raise ResumeError(
                 f"{ckpt_path}: {'; '.join(obsolete)}; restore them, or pass --fresh to start over"
@@ -416,6 +480,18 @@ def pretrain(
         "num_workers": cfg.data.num_workers,
         "pin_memory": device.type == "cuda",
     }
+    shard = {"rank": dist.rank, "world_size": dist.world_size}
+    stepper: nn.Module = StepModule(
+        model, method, trained_modules(model, method, cfg.method.head_training)
+    )
+    head: nn.Module = model.classifier
+    if dist.enabled:
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        ids = [device.index] if device.type == "cuda" else None
+        stepper = DDP(stepper, device_ids=ids)
+        if head_optimizer is not None:
+            head = DDP(model.classifier, device_ids=ids)
     train_ds = ViewDataset(
         train_split.images, train_split.labels, method.views, data.mean, data.std
     )
@@ -424,20 +500,31 @@ def pretrain(
     val_loader = make_loader(val_ds, cfg.train.batch_size, train=False, **kw)
 
     for epoch in range(start_epoch, cfg.train.epochs):
-        # Global RNG re-seeded per epoch: augmentations in the main process replay after resume.
-        torch.manual_seed(cfg.train.seed * 100_003 + epoch)
-        loader = make_loader(train_ds, cfg.train.batch_size, train=True, epoch=epoch, **kw)
+        # Global RNG re-seeded per epoch: augmentations in the main process replay after resume
+        # (per rank: each rank augments its own shard).
+        torch.manual_seed(cfg.train.seed * 100_003 + epoch + 7919 * dist.rank)
+        loader = make_loader(train_ds, rank_batch, train=True, epoch=epoch, **kw, **shard)
         epoch_start = time.perf_counter()
         row: dict[str, Any] = {"epoch": epoch + 1}
         ctx = StepContext(cfg.method, epoch, data.num_classes, gradcam)
-        row.update(train_one_epoch(model, method, cfg, ctx, optimizer, loader, device, epoch))
+        row.update(
+            train_one_epoch(model, method, cfg, ctx, optimizer, loader, device, epoch, stepper)
+        )
         if head_optimizer is not None:
-            head_loader = make_loader(head_ds, cfg.train.batch_size, train=True, epoch=epoch, **kw)
-            row.update(train_head_one_epoch(model, cfg, head_optimizer, head_loader, device, epoch))
+            head_loader = make_loader(head_ds, rank_batch, train=True, epoch=epoch, **kw, **shard)
+            row.update(
+                train_head_one_epoch(
+                    model, cfg, head_optimizer, head_loader, device, epoch, classifier=head
+                )
+            )
         row.update(
             {f"val/{k}": v for k, v in evaluate(model, val_loader, device, cfg.train.amp).items()}
         )
         row["time/epoch_s"] = time.perf_counter() - epoch_start
+        if not dist.is_main:  # the other ranks only train; rank 0 writes for the job
+            history.append(row)
+            distributed.barrier()
+            continue
         if grid is not None and gradcam is not None:
             write_saliency_grid(
                 run_dir / FIGURES / f"saliency_epoch_{epoch + 1:03d}.png",
@@ -477,6 +564,7 @@ def pretrain(
             file=sys.stderr,
             flush=True,
         )
+        distributed.barrier()  # no rank runs ahead of a checkpoint still being written
 
     meta = artifacts.model_meta(
         cfg.model,
@@ -493,13 +581,15 @@ def pretrain(
             "gradcam_layer": gradcam.layer_name if gradcam is not None else None,
         },
     )
-    artifacts.save_model(run_dir, model, meta)
     summary = {
         "method": method.name,
         "epochs": cfg.train.epochs,
         "train_seconds": sum(r["time/epoch_s"] for r in history),
         **history[-1],
     }
-    artifacts.write_json(run_dir / CONFIG, cfg.to_dict())
-    artifacts.write_json(run_dir / SUMMARY, summary)
+    if dist.is_main:
+        artifacts.save_model(run_dir, model, meta)
+        artifacts.write_json(run_dir / CONFIG, cfg.to_dict())
+        artifacts.write_json(run_dir / SUMMARY, summary)
+    distributed.barrier()
     return summary

@@ -38,6 +38,7 @@ STAGE_PARAMS: dict[str, list[str]] = {
         "train.amp",
         "train.channels_last",
         "train.max_steps_per_epoch",
+        "train.sync_bn",
     ],
     "probe": ["probe", "train.seed"],
     "evaluate_calibration": [

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from torchvision.transforms import v2
 
 VIEW_KINDS = ("standard", "random", "ce")
@@ -84,14 +84,24 @@ def make_loader(
     epoch: int = 0,
     num_workers: int = 0,
     pin_memory: bool = False,
+    rank: int = 0,
+    world_size: int = 1,
 ) -> DataLoader:
     """A loader whose shuffling and worker seeds depend only on (seed, epoch), so an epoch
-    replays identically after a resume."""
+    replays identically after a resume. With world_size > 1 (DDP), a training loader yields
+    this rank's shard of each epoch's permutation (DistributedSampler)."""
     generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
+    sampler = None
+    if train and world_size > 1:
+        sampler = DistributedSampler(
+            dataset, world_size, rank, shuffle=True, seed=seed * 100_003, drop_last=True
+        )
+        sampler.set_epoch(epoch)
     return DataLoader(
         dataset,
         batch_size=batch_size,
-        shuffle=train,
+        shuffle=train and sampler is None,
+        sampler=sampler,
         drop_last=train,
         num_workers=num_workers,
         pin_memory=pin_memory,
