@@ -11,6 +11,7 @@ gradient: two ranks with B images each compute the loss one process computes on 
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -86,7 +87,11 @@ def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
     padded = x
     if x.shape[0] < max(counts):  # all_gather needs equal shapes: pad, then cut each part
         padded = torch.cat([x, x.new_zeros(max(counts) - x.shape[0], *x.shape[1:])])
-    parts = torch.distributed.nn.functional.all_gather(padded)
+    with warnings.catch_warnings():
+        # torch 2.14 marks this public autograd-aware gather deprecated in favour of a private
+        # module (_functional_collectives); keep the public one, without a warning per step.
+        warnings.simplefilter("ignore", FutureWarning)
+        parts = torch.distributed.nn.functional.all_gather(padded)
     return torch.cat([part[:n] for part, n in zip(parts, counts, strict=True)])
 
 

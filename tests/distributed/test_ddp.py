@@ -28,8 +28,7 @@ def torchrun(nproc: int, *args: str, check: bool = True) -> subprocess.Completed
         "torch.distributed.run",
         "--nproc_per_node",
         str(nproc),
-        "--master_port",
-        "0",
+        "--standalone",
         *args,
     ]
     out = subprocess.run(cmd, env=env(), capture_output=True, text=True, timeout=300, cwd=ROOT)
