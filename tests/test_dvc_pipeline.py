@@ -12,6 +12,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+# Whole pipelines in subprocesses: slower than the suite default when the workers share 2 cores.
+pytestmark = pytest.mark.timeout(900)
+
 ROOT = Path(__file__).resolve().parents[1]
 TINY = {
     "data": {"limit_per_class": 30},

@@ -12,6 +12,9 @@ import torch
 from safetensors.torch import load_file
 
 HERE = Path(__file__).resolve().parent
+# Whole pipelines in subprocesses: slower than the suite default when the workers share 2 cores.
+pytestmark = pytest.mark.timeout(900)
+
 ROOT = HERE.parents[1]
 
 

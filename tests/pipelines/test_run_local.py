@@ -10,6 +10,9 @@ from pathlib import Path
 
 import pytest
 
+# Whole pipelines in subprocesses: slower than the suite default when the workers share 2 cores.
+pytestmark = pytest.mark.timeout(900)
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
