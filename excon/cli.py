@@ -99,18 +99,28 @@ def mirror(cfg: Config, *paths: Path) -> None:
 
 
 def cmd_pretrain(args: argparse.Namespace) -> int:
+    from excon import distributed
     from excon.tracking import preflight
+    from excon.train import resolve_device
 
     cfg = _config(args, [f"method.name={args.method}"] if args.method else [])
     preflight(cfg)
     storage_preflight(cfg)
     out = run_dir(cfg, args.run_dir)
-    if args.fresh:
-        _remove_run(out)
-    resume = "auto" if args.resume_compatible else args.resume
-    summary = stages.pretrain(cfg, data_dir(cfg, args.data), out, resume)
-    mirror(cfg, out)
-    print(f"trained {cfg.method.name} -> {out}: val/top1 {summary['val/top1']:.4f}")
+    # Under torchrun every rank runs this command: join the job first, so that only rank 0
+    # removes a run (--fresh), uploads it and reports, and the others wait for it.
+    job, _ = distributed.setup(resolve_device(cfg.train.device))
+    try:
+        if args.fresh and job.is_main:
+            _remove_run(out)
+        distributed.barrier()
+        resume = "auto" if args.resume_compatible else args.resume
+        summary = stages.pretrain(cfg, data_dir(cfg, args.data), out, resume)
+        if job.is_main:
+            mirror(cfg, out)
+            print(f"trained {cfg.method.name} -> {out}: val/top1 {summary['val/top1']:.4f}")
+    finally:
+        distributed.teardown()
     return 0
 
 

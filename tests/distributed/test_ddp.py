@@ -2,6 +2,7 @@
 gradients one process computes on 2B (the contrast spans the global batch), and a two-process
 run that is killed resumes to the weights of an uninterrupted one."""
 
+import json
 import os
 import subprocess
 import sys
@@ -111,3 +112,37 @@ def test_two_process_run_is_killed_and_resumes(prepared, tmp_path):
     cut = load_file(tmp_path / "cut" / "model.safetensors")
     assert whole.keys() == cut.keys()
     assert all(torch.equal(whole[k], cut[k]) for k in whole)
+
+
+def test_excon_pretrain_cli_under_torchrun(prepared, tmp_path):
+    """`excon pretrain` runs unchanged under torchrun (as in a PyTorchJob): one run directory,
+    written by rank 0, with the global batch split over the ranks; --fresh is safe."""
+    run = tmp_path / "run"
+    sets = [
+        "model.width=0.0625",
+        "model.proj_dim=8",
+        "train.epochs=1",
+        "train.batch_size=16",
+        "train.device=cpu",
+        "tracking.enabled=false",
+        "method.exp_epochs=1",
+    ]
+    args = [
+        "-m",
+        "excon.cli",
+        "pretrain",
+        "--method",
+        "excon",
+        "--data",
+        str(prepared),
+        "--run-dir",
+        str(run),
+        *(a for s in sets for a in ("--set", s)),
+    ]
+    first = torchrun(2, *args)
+    assert first.stdout.count("trained excon") == 1  # rank 0 alone reports
+    again = torchrun(2, *args, "--fresh")  # removing the old run must not race the other rank
+    assert "removing the previous run" in again.stderr
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["epochs"] == 1 and 0 <= summary["val/top1"] <= 1
+    assert 0 <= summary["train/accept_rate"] <= 1  # averaged over the ranks
