@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# The GPU check: one prepared script, under 8 minutes on one H100. Prints the machine, then the
+# training throughput (images/s, FLOPs, MFU, excon/supcon ratio, 200-epoch CIFAR-100 estimate)
+# and the step-time ratios, each also saved under $OUT (or /tmp/gpu_check).
+#
+#   bash benchmarks/gpu_check.sh            # python3 with torch + torchvision on the machine
+#
+# excon is used from this checkout (PYTHONPATH); packages the machine lacks (captum, for
+# Grad-CAM) can come as wheels in .whl/ (pip download --no-deps captum==0.9.0 -d .whl).
+# Never part of CI: CI has no GPU.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+if compgen -G ".whl/*.whl" > /dev/null; then
+  "$PY" -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl
+  export PYTHONPATH=/tmp/site
+fi
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+RESULTS=${OUT:-/tmp/gpu_check}
+mkdir -p "$RESULTS"
+
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+"$PY" -c "import torch; print('torch', torch.__version__, 'CUDA', torch.version.cuda, torch.cuda.get_device_name())"
+
+echo "== training throughput (ResNet-18, 32 px, batch 256, 8 loader workers)"
+timeout 330 "$PY" benchmarks/train_throughput.py --device cuda --batch 256 --steps 30 \
+  --workers 8 | tee "$RESULTS/throughput.txt"
+
+echo "== step time, data on the GPU (ResNet-18, 32 px, batch 256)"
+timeout 120 "$PY" benchmarks/step_time.py --device cuda --batch 256 --rounds 10 \
+  | tee "$RESULTS/step_time.txt"
