@@ -13,6 +13,7 @@ import hashlib
 import logging
 import os
 import random
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -377,3 +378,29 @@ def download_dir(url: str, directory: str | Path, settings: S3Settings | None = 
         len(result.skipped),
     )
     return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m excon.storage {download,upload} SRC DST`: copy a folder from/to S3 (what a
+    PyTorchJob's pods use to fetch their inputs)."""
+    import argparse
+
+    p = argparse.ArgumentParser(prog="python -m excon.storage", description=main.__doc__)
+    p.add_argument("direction", choices=["download", "upload"])
+    p.add_argument("source", help="s3://bucket/prefix (download) or a folder (upload)")
+    p.add_argument("target", help="a folder (download) or s3://bucket/prefix (upload)")
+    args = p.parse_args(argv)
+    try:
+        if args.direction == "download":
+            done = download_dir(args.source, args.target)
+        else:
+            done = upload_dir(args.source, args.target)
+    except StorageError as e:
+        print(f"excon.storage: error: {e}", file=sys.stderr)
+        return 2
+    print(f"{args.source} -> {args.target}: {done.transferred} copied, {done.skipped} unchanged")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

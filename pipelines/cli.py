@@ -68,7 +68,9 @@ def _json_arg(text: str, kind: type, flag: str) -> object:
 def _resources(args: argparse.Namespace) -> object:
     from pipelines.excon_pipeline import Resources
 
-    return Resources(gpus=args.gpus, accelerator=args.accelerator, shm_size=args.shm_size)
+    return Resources(
+        gpus=args.gpus, nodes=args.nodes, accelerator=args.accelerator, shm_size=args.shm_size
+    )
 
 
 def _cluster_config(args: argparse.Namespace) -> Config:
@@ -98,7 +100,12 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
     from pipelines.excon_pipeline import compile_pipeline
 
-    arguments: dict[str, object] = {"checkpoint_url": args.checkpoint_url}
+    arguments: dict[str, object] = {
+        "checkpoint_url": args.checkpoint_url,
+        "staging_url": args.staging_url,
+    }
+    if args.nodes * args.gpus > 1 and not args.staging_url:
+        raise ConfigError("--nodes x --gpus > 1 runs pretrain as a PyTorchJob: give --staging-url")
     if args.node_selector is not None:
         arguments["gpu_node_selector"] = _json_arg(args.node_selector, dict, "--node-selector")
     if args.tolerations is not None:
@@ -185,7 +192,13 @@ def build_parser() -> argparse.ArgumentParser:
             default=os.environ.get("EXCON_IMAGE", DEFAULT_IMAGE),
             help="project image for every task (default: $EXCON_IMAGE, else %(default)s)",
         )
-        p.add_argument("--gpus", type=int, default=1, help="GPUs per GPU task")
+        p.add_argument("--gpus", type=int, default=1, help="GPUs per pretrain pod")
+        p.add_argument(
+            "--nodes",
+            type=int,
+            default=1,
+            help="pretrain pods; nodes x gpus > 1 runs pretrain as a PyTorchJob (DDP)",
+        )
         p.add_argument("--accelerator", default="nvidia.com/gpu", help="GPU resource name")
         p.add_argument("--shm-size", default="16Gi", help="in-memory /dev/shm per GPU task")
 
@@ -209,6 +222,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--namespace", help="Kubeflow profile namespace (multi-user installs)")
     p.add_argument(
         "--checkpoint-url", default="", help="s3://bucket/prefix: pretrain resumes from here"
+    )
+    p.add_argument(
+        "--staging-url", default="", help="s3://bucket/prefix: a PyTorchJob's inputs and outputs"
     )
     p.add_argument("--node-selector", help='JSON, e.g. \'{"nvidia.com/gpu.present": "true"}\'')
     p.add_argument("--tolerations", help="JSON list of tolerations for the GPU tasks")

@@ -10,6 +10,7 @@ place the work (GPU node selector and tolerations) or make it resumable (checkpo
 """
 
 import copy
+import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,12 +24,13 @@ from components.evaluate_explanations.component import evaluate_explanations
 from components.evaluate_robustness.component import evaluate_robustness
 from components.prepare.component import prepare
 from components.pretrain.component import pretrain
+from components.pretrain_job.component import pretrain_job
 from components.probe.component import probe
 from components.register.component import register
 from components.report.component import report
 from components.start_tracking.component import start_tracking
 from excon.config import Config
-from pipelines import dag
+from pipelines import dag, pytorchjob
 
 PIPELINE_NAME = "excon-study"
 EVALUATIONS = {
@@ -56,7 +58,8 @@ DEFAULT_TOLERATIONS = [{"key": "nvidia.com/gpu", "operator": "Exists", "effect":
 class Resources:
     """Where and with what the tasks run. GPU tasks: pretrain, probe and the evaluations."""
 
-    gpus: int = 1
+    gpus: int = 1  # per pretrain pod; probe and evaluations use one
+    nodes: int = 1  # nodes x gpus > 1: pretrain runs as a PyTorchJob (pipelines/pytorchjob.py)
     accelerator: str = "nvidia.com/gpu"
     gpu_cpu: str = "8"
     gpu_memory: str = "48Gi"
@@ -89,6 +92,18 @@ def build_pipeline(
     unknown = [m for m in methods if m not in dag.METHODS]
     if unknown or not methods:
         raise ValueError(f"methods: got {list(methods)}, allowed {', '.join(dag.METHODS)}")
+    job_manifest = None
+    if resources.nodes * resources.gpus > 1:
+        job = pytorchjob.render(
+            image,
+            resources.nodes,
+            resources.gpus,
+            resources.accelerator,
+            resources.gpu_cpu,
+            resources.gpu_memory,
+            resources.shm_size,
+        )
+        job_manifest = json.dumps(job, sort_keys=True)
     config_dict = cfg.to_dict()
     config_text = yaml.safe_dump(config_dict, sort_keys=True)
     code = dag.code_digest()
@@ -113,9 +128,11 @@ def build_pipeline(
             )
         return task
 
-    def on_gpu(task: dsl.PipelineTask, node_selector: dict, tolerations: list) -> None:
+    def on_gpu(
+        task: dsl.PipelineTask, node_selector: dict, tolerations: list, gpus: int = 1
+    ) -> None:
         task.set_accelerator_type(resources.accelerator)
-        task.set_accelerator_limit(resources.gpus)
+        task.set_accelerator_limit(gpus)
         task.set_cpu_request(resources.gpu_cpu).set_cpu_limit(resources.gpu_cpu)
         task.set_memory_request(resources.gpu_memory).set_memory_limit(resources.gpu_memory)
         kubernetes.add_node_selector_json(task, node_selector)
@@ -136,6 +153,7 @@ def build_pipeline(
         gpu_node_selector: dict = DEFAULT_NODE_SELECTOR,
         gpu_tolerations: list = DEFAULT_TOLERATIONS,
         checkpoint_url: str = "",
+        staging_url: str = "",
     ) -> None:
         # A new parent run per pipeline run: never cached.
         tracking = common(start_tracking(config=config_text), "start-tracking", None)
@@ -145,17 +163,32 @@ def build_pipeline(
         evaluations: dict[str, dict[str, dsl.PipelineTask]] = {}
         trained: dict[str, tuple[dsl.PipelineTask, dsl.PipelineTask, str]] = {}
         for m in methods:
-            pre_key = key("pretrain", m, prep_key)
-            pre = named(pretrain, f"pretrain-{m}")(
-                config=config_text,
-                method=m,
-                dataset=data.outputs["dataset"],
-                parent_run_id=parent,
-                checkpoint_url=checkpoint_url,
-                run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
-            )
-            common(pre, f"pretrain-{m}", pre_key)
-            on_gpu(pre, gpu_node_selector, gpu_tolerations)
+            # the number of processes changes BN statistics and augmentation streams
+            pre_key = key("pretrain", m, prep_key, f"processes={resources.nodes * resources.gpus}")
+            if job_manifest is None:
+                pre = named(pretrain, f"pretrain-{m}")(
+                    config=config_text,
+                    method=m,
+                    dataset=data.outputs["dataset"],
+                    parent_run_id=parent,
+                    checkpoint_url=checkpoint_url,
+                    run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
+                )
+                common(pre, f"pretrain-{m}", pre_key)
+                on_gpu(pre, gpu_node_selector, gpu_tolerations, resources.gpus)
+            else:  # several GPUs or nodes: this task launches and awaits a PyTorchJob
+                pre = named(pretrain_job, f"pretrain-{m}")(
+                    config=config_text,
+                    method=m,
+                    dataset=data.outputs["dataset"],
+                    job_manifest=job_manifest,
+                    staging_url=staging_url,
+                    node_selector=gpu_node_selector,
+                    tolerations=gpu_tolerations,
+                    parent_run_id=parent,
+                    run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
+                )
+                common(pre, f"pretrain-{m}", pre_key)
             pre.set_retry(resources.pretrain_retries, backoff_duration="60s", backoff_factor=2)
             probe_key = key("probe", m, prep_key, pre_key)
             lin = named(probe, f"probe-{m}")(

@@ -1,6 +1,8 @@
 """The compiled pipeline: tasks per method, GPU scheduling, secrets, /dev/shm, retries and cache
 keys, checked in both documents of the package (PipelineSpec and the Kubernetes PlatformSpec)."""
 
+import json
+
 import pytest
 
 from excon.config import load_config
@@ -143,7 +145,10 @@ def test_cache_keys_change_exactly_where_results_can(compile_docs, compiled):
 
 def test_gpus_and_methods_options(compile_docs):
     spec, _ = compile_docs("--gpus", "2", "--methods", "supcon", "excon")
-    assert executor(spec, "pretrain-excon")["resources"]["accelerator"]["resourceCount"] == "2"
+    # two GPUs on one node: a one-pod PyTorchJob with two processes
+    job = tasks(spec)["pretrain-excon"]["inputs"]["parameters"]["job_manifest"]
+    job = json.loads(job["runtimeValue"]["constant"])
+    assert job["spec"]["nprocPerNode"] == "2" and "Worker" not in job["spec"]["pytorchReplicaSpecs"]
     assert not any(name.endswith("-ce") for name in tasks(spec))
     report_inputs = tasks(spec)["report"]["inputs"]["artifacts"]
     assert set(report_inputs) == {
@@ -173,3 +178,28 @@ def test_submit_to_an_unreachable_host_is_one_clear_line(capsys):
     assert "could not submit to Kubeflow Pipelines at http://127.0.0.1:9" in err
     assert main(["submit", "--host", "http://x", "--node-selector", "[1]"]) == 2
     assert "--node-selector: expected a JSON dict" in capsys.readouterr().err
+
+
+def test_several_gpus_run_pretrain_as_a_pytorchjob(compile_docs, compiled):
+    spec, _ = compile_docs("--image", "registry.test/excon:1", "--nodes", "2", "--gpus", "4")
+    task = tasks(spec)["pretrain-excon"]
+    params = task["inputs"]["parameters"]
+    job = json.loads(params["job_manifest"]["runtimeValue"]["constant"])
+    assert job["kind"] == "PyTorchJob" and job["spec"]["nprocPerNode"] == "4"
+    assert job["spec"]["pytorchReplicaSpecs"]["Worker"]["replicas"] == 1
+    assert params["staging_url"] == {"componentInputParameter": "staging_url"}
+    assert params["node_selector"] == {"componentInputParameter": "gpu_node_selector"}
+    # the launcher needs no GPU; the job's pods do, and probe/evaluations keep one each
+    assert "accelerator" not in executor(spec, "pretrain-excon")["resources"]
+    assert executor(spec, "probe-excon")["resources"]["accelerator"]["resourceCount"] == "1"
+    assert task["retryPolicy"]["maxRetryCount"] == 2
+    # eight processes are another experiment than one: no cache hit across them
+    one = tasks(compiled[0])["pretrain-excon"]["cachingOptions"]["cacheKey"]
+    assert task["cachingOptions"]["cacheKey"] != one
+
+
+def test_submit_with_several_gpus_needs_a_staging_url(capsys):
+    from pipelines.cli import main
+
+    assert main(["submit", "--host", "http://x", "--nodes", "2"]) == 2
+    assert "--staging-url" in capsys.readouterr().err

@@ -1,0 +1,158 @@
+"""Pre-training on several GPUs or nodes as a Kubeflow Training Operator PyTorchJob.
+
+`render` fills infra/k8s/training/pytorchjob.yaml at compile time (image, GPUs per pod, pods,
+resources); `launch` runs inside the pipeline's pretrain task: it stages the prepared dataset and
+the parameters in S3, creates the job, waits for it and fetches the trained run, which rank 0 of
+the job mirrored back to S3. No science here: the pods run `torchrun -m excon.cli pretrain`.
+"""
+
+import copy
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+TEMPLATE = Path(__file__).resolve().parents[1] / "infra" / "k8s" / "training" / "pytorchjob.yaml"
+GROUP, VERSION, PLURAL = "kubeflow.org", "v1", "pytorchjobs"
+NAMESPACE_FILE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
+
+
+class JobError(RuntimeError):
+    """The PyTorchJob failed, timed out or could not be created; one line says which."""
+
+
+def render(
+    image: str,
+    nodes: int,
+    gpus: int,
+    accelerator: str = "nvidia.com/gpu",
+    cpu: str = "8",
+    memory: str = "48Gi",
+    shm_size: str = "16Gi",
+    template: Path = TEMPLATE,
+) -> dict:
+    """The PyTorchJob for `nodes` pods of `gpus` GPUs each (one process per GPU)."""
+    if nodes < 1 or gpus < 1:
+        raise ValueError(f"nodes and gpus must be >= 1, got nodes={nodes} gpus={gpus}")
+    if not template.is_file():
+        raise FileNotFoundError(f"{template}: the PyTorchJob template (compile from a checkout)")
+    job = yaml.safe_load(template.read_text())
+    specs = job["spec"]["pytorchReplicaSpecs"]
+    for role in specs:  # the template's replicas share one pod via a YAML anchor: unshare
+        specs[role]["template"] = copy.deepcopy(specs[role]["template"])
+    job["spec"]["nprocPerNode"] = str(gpus)
+    if nodes == 1:
+        del specs["Worker"]
+    else:
+        specs["Worker"]["replicas"] = nodes - 1
+    for spec in specs.values():
+        pod = spec["template"]["spec"]
+        container = pod["containers"][0]
+        container["image"] = image
+        for key in ("requests", "limits"):
+            res = container["resources"][key]
+            res.pop("nvidia.com/gpu", None)
+            res.update({"cpu": cpu, "memory": memory, accelerator: gpus})
+        for volume in pod["volumes"]:
+            if volume["name"] == "dshm":
+                volume["emptyDir"]["sizeLimit"] = shm_size
+    return job
+
+
+def _set_env(job: dict, values: dict[str, str]) -> None:
+    for spec in job["spec"]["pytorchReplicaSpecs"].values():
+        env = spec["template"]["spec"]["containers"][0]["env"]
+        for item in env:
+            if item["name"] in values:
+                item["value"] = values[item["name"]]
+
+
+def _set_scheduling(job: dict, node_selector: dict, tolerations: list) -> None:
+    for spec in job["spec"]["pytorchReplicaSpecs"].values():
+        pod = spec["template"]["spec"]
+        pod["nodeSelector"] = dict(node_selector)
+        pod["tolerations"] = list(tolerations)
+
+
+def job_state(job: dict) -> str | None:
+    """'Succeeded' or 'Failed' once the operator says so, else None (still running)."""
+    for condition in reversed(job.get("status", {}).get("conditions", [])):
+        if condition.get("status") == "True" and condition.get("type") in ("Succeeded", "Failed"):
+            return condition["type"]
+    return None
+
+
+def wait(api: Any, name: str, namespace: str, timeout_s: float, poll_s: float = 30.0) -> dict:
+    """Poll the job until it succeeds (returned) or fails or times out (JobError)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        job = api.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
+        state = job_state(job)
+        if state == "Succeeded":
+            return job
+        if state == "Failed":
+            reason = job["status"]["conditions"][-1].get("message", "")
+            raise JobError(f"PyTorchJob {namespace}/{name} failed: {reason}")
+        if time.monotonic() > deadline:
+            raise JobError(f"PyTorchJob {namespace}/{name} still running after {timeout_s:.0f} s")
+        time.sleep(poll_s)
+
+
+def launch(
+    job: dict,
+    config_text: str,
+    method: str,
+    dataset: Path,
+    out: Path,
+    stage_url: str,
+    run_id: str,
+    node_selector: dict,
+    tolerations: list,
+    parent_run_id: str = "",
+    namespace: str = "",
+    timeout_s: float = 7 * 24 * 3600,
+    api: Any = None,
+) -> dict:
+    """Stage the inputs under `stage_url/<run_id>/<method>`, run `job`, fetch the run to `out`.
+    Returns the run's summary.json."""
+    from excon.storage import download_dir, upload_dir
+
+    if not stage_url.startswith("s3://"):
+        raise JobError(
+            f"staging_url must be s3://bucket/prefix to run a PyTorchJob, got {stage_url!r}"
+        )
+    stage = "/".join(p for p in (stage_url.rstrip("/"), run_id, method) if p)
+    upload_dir(dataset, f"{stage}/data")
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / "params.yaml").write_text(config_text)
+        upload_dir(tmp, f"{stage}/params")
+    job = copy.deepcopy(job)
+    name = f"excon-pretrain-{method}-{run_id[:8] or 'local'}".lower()
+    job["metadata"]["name"] = name
+    _set_env(
+        job,
+        {"EXCON_STAGE_URL": stage, "EXCON_METHOD": method, "EXCON_PARENT_RUN_ID": parent_run_id},
+    )
+    _set_scheduling(job, node_selector, tolerations)
+    if api is None:
+        from kubernetes import client, config
+
+        config.load_incluster_config()
+        api = client.CustomObjectsApi()
+    namespace = namespace or NAMESPACE_FILE.read_text().strip()
+    try:
+        api.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, job)
+    except Exception as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise JobError(f"could not create PyTorchJob {namespace}/{name}: {first}") from None
+    print(f"[pytorchjob] {namespace}/{name}: created, waiting", file=sys.stderr, flush=True)
+    wait(api, name, namespace, timeout_s)
+    download_dir(f"{stage}/run", out)
+    summary = out / "summary.json"
+    if not summary.is_file():
+        raise JobError(f"PyTorchJob {name} succeeded but {stage}/run holds no summary.json")
+    return json.loads(summary.read_text())

@@ -1,0 +1,51 @@
+"""pretrain_job: the wrapper around pipelines.pytorchjob.launch (tested against a real S3 server
+in tests/storage/test_pytorchjob_launch.py). Here: it hands launch the task's inputs and turns
+the fetched run into the same Model and Metrics a single-GPU pretrain gives."""
+
+import json
+from pathlib import Path
+
+from kfp.dsl import Metrics, Model
+
+from components.pretrain_job.component import pretrain_job
+from pipelines import pytorchjob
+
+
+def test_the_fetched_run_becomes_the_model_artifact(make_config, dataset, output, monkeypatch):
+    calls = []
+
+    def fake_launch(job, config, method, data, out, stage_url, run_id, selector, tolerations,
+                    **kw):  # fmt: skip
+        calls.append((job, method, data, stage_url, run_id, selector, tolerations, kw))
+        out.mkdir(parents=True)
+        (out / "summary.json").write_text(json.dumps({"val/top1": 0.25, "epochs": 3}))
+        (out / "checkpoint.pt").write_bytes(b"scratch")
+        return {"method": method, "val/top1": 0.25, "epochs": 3}
+
+    monkeypatch.setattr(pytorchjob, "launch", fake_launch)
+    model, metrics = output(Model, "model"), output(Metrics, "metrics")
+    manifest = pytorchjob.render("registry.test/excon:1", 2, 2)
+    pretrain_job.python_func(
+        config=make_config(),
+        method="supcon",
+        dataset=dataset,
+        model=model,
+        metrics=metrics,
+        job_manifest=json.dumps(manifest),
+        staging_url="s3://b/stage",
+        node_selector={"pool": "gpu"},
+        tolerations=[],
+        run_id="r1",
+        parent_run_id="p1",
+    )
+    ((job, method, data, url, run_id, selector, _, kw),) = calls
+    assert job == manifest and method == "supcon" and data == Path(dataset.path)
+    assert (url, run_id, selector, kw["parent_run_id"]) == (
+        "s3://b/stage",
+        "r1",
+        {"pool": "gpu"},
+        "p1",
+    )
+    assert not (Path(model.path) / "checkpoint.pt").exists()
+    assert model.metadata == {"method": "supcon", "pytorchjob": True}
+    assert metrics.metadata == {"val/top1": 0.25, "epochs": 3.0}

@@ -1,0 +1,99 @@
+"""The pretrain task's PyTorchJob launcher against a real S3 server (SeaweedFS). The Kubernetes
+API is a stand-in (no cluster here) that plays the Training Operator: on create it checks what
+the pods would get and, as rank 0 would, mirrors a finished run to the staging URL."""
+
+import json
+
+import pytest
+import yaml
+
+from excon.config import load_config
+from excon.storage import upload_dir
+from pipelines.pytorchjob import JobError, launch, render
+
+
+class Operator:
+    """CustomObjectsApi's two calls the launcher makes, answered like the Training Operator."""
+
+    def __init__(self, s3, bucket, tmp, outcome="Succeeded"):
+        self.s3, self.bucket, self.tmp, self.outcome = s3, bucket, tmp, outcome
+        self.created: list[dict] = []
+        self.polls = 0
+
+    def create_namespaced_custom_object(self, group, version, namespace, plural, body):
+        assert (group, version, plural) == ("kubeflow.org", "v1", "pytorchjobs")
+        self.created.append(body)
+        env = {e["name"]: e["value"] for e in self._container(body)["env"]}
+        stage = env["EXCON_STAGE_URL"].removeprefix(f"s3://{self.bucket}/")
+        # what the pods download must be there before the job exists
+        keys = {o["Key"] for o in self.s3.list_objects_v2(Bucket=self.bucket)["Contents"]}
+        assert f"{stage}/data/manifest.json" in keys and f"{stage}/params/params.yaml" in keys
+        if self.outcome == "Succeeded":  # rank 0's mirror of the finished run (excon.storage)
+            run = self.tmp / "rank0-run"
+            run.mkdir()
+            summary = {"method": env["EXCON_METHOD"], "val/top1": 0.5, "epochs": 2}
+            (run / "summary.json").write_text(json.dumps(summary))
+            (run / "model.json").write_text("{}")
+            upload_dir(run, f"{env['EXCON_STAGE_URL']}/run")
+
+    def get_namespaced_custom_object(self, group, version, namespace, plural, name):
+        self.polls += 1
+        running = {"type": "Running", "status": "True"}
+        done = {"type": self.outcome, "status": "True", "message": "pod master-0 OOMKilled"}
+        return {"status": {"conditions": [running] if self.polls < 2 else [running, done]}}
+
+    @staticmethod
+    def _container(body):
+        return body["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]["containers"][0]
+
+
+def run_launch(api, prepared, tmp_path, bucket, **kw):
+    cfg = load_config(None, ["train.epochs=2"])
+    return launch(
+        render("registry.test/excon:1", 2, 4),
+        yaml.safe_dump(cfg.to_dict()),
+        "excon",
+        prepared,
+        tmp_path / "model",
+        f"s3://{bucket}/stage",
+        "1234abcd-run",
+        {"pool": "h100"},
+        [{"key": "gpu", "operator": "Exists"}],
+        parent_run_id="parent-1",
+        namespace="team",
+        api=api,
+        **kw,
+    )
+
+
+def test_launch_stages_runs_and_fetches(s3_env, bucket, prepared, tmp_path, monkeypatch):
+    monkeypatch.setattr("pipelines.pytorchjob.time.sleep", lambda s: None)
+    api = Operator(s3_env.client(), bucket, tmp_path)
+    summary = run_launch(api, prepared, tmp_path, bucket)
+    assert summary == {"method": "excon", "val/top1": 0.5, "epochs": 2}
+    assert (tmp_path / "model" / "model.json").is_file()
+    (job,) = api.created
+    assert job["metadata"]["name"] == "excon-pretrain-excon-1234abcd"
+    for spec in job["spec"]["pytorchReplicaSpecs"].values():
+        pod = spec["template"]["spec"]
+        env = {e["name"]: e["value"] for e in pod["containers"][0]["env"]}
+        assert env["EXCON_STAGE_URL"] == f"s3://{bucket}/stage/1234abcd-run/excon"
+        assert env["EXCON_PARENT_RUN_ID"] == "parent-1"
+        assert pod["nodeSelector"] == {"pool": "h100"}  # the run's scheduling parameters
+        assert pod["tolerations"] == [{"key": "gpu", "operator": "Exists"}]
+
+
+def test_a_failed_job_is_one_line(s3_env, bucket, prepared, tmp_path, monkeypatch):
+    monkeypatch.setattr("pipelines.pytorchjob.time.sleep", lambda s: None)
+    api = Operator(s3_env.client(), bucket, tmp_path, outcome="Failed")
+    with pytest.raises(JobError, match="failed: pod master-0 OOMKilled"):
+        run_launch(api, prepared, tmp_path, bucket)
+    assert not (tmp_path / "model").exists()
+
+
+def test_a_job_that_never_ends_times_out(s3_env, bucket, prepared, tmp_path, monkeypatch):
+    monkeypatch.setattr("pipelines.pytorchjob.time.sleep", lambda s: None)
+    api = Operator(s3_env.client(), bucket, tmp_path)
+    api.get_namespaced_custom_object = lambda *a: {"status": {"conditions": []}}
+    with pytest.raises(JobError, match="still running after 0 s"):
+        run_launch(api, prepared, tmp_path, bucket, timeout_s=0)
