@@ -26,6 +26,10 @@ echo "== training throughput (ResNet-18, 32 px, batch 256, 8 loader workers)"
 timeout 330 "$PY" benchmarks/train_throughput.py --device cuda --batch 256 --steps 30 \
   --workers 8 | tee "$RESULTS/throughput.txt"
 
+echo "== the same, views made per batch on the GPU (train.augment: device)"
+timeout 150 "$PY" benchmarks/train_throughput.py --device cuda --batch 256 --steps 30 \
+  --augment device | tee "$RESULTS/throughput_device.txt"
+
 echo "== step time, data on the GPU (ResNet-18, 32 px, batch 256)"
 timeout 120 "$PY" benchmarks/step_time.py --device cuda --batch 256 --rounds 10 \
   | tee "$RESULTS/step_time.txt"

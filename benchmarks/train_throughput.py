@@ -27,6 +27,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from excon.config import load_config
+from excon.data.device_views import DeviceBatches
 from excon.data.views import ViewDataset, make_loader
 from excon.methods import StepContext, get_method
 from excon.models import ExConNet
@@ -73,8 +74,11 @@ def setup(method_name: str, args: argparse.Namespace, device: torch.device) -> d
 
 def loader_for(
     kinds: tuple[str, ...], data: tuple, args: argparse.Namespace, device: torch.device, epoch: int
-) -> torch.utils.data.DataLoader:
+) -> torch.utils.data.DataLoader | DeviceBatches:
     images, labels = data
+    if args.augment == "device":  # whole batches on the device (train.augment: device)
+        batches = DeviceBatches(images, labels, list(kinds), [0.5] * 3, [0.25] * 3, device)
+        return batches.epoch(args.batch, train=True, epoch=epoch)
     ds = ViewDataset(images, labels, list(kinds), [0.5] * 3, [0.25] * 3)
     return make_loader(
         ds,
@@ -87,7 +91,8 @@ def loader_for(
 
 
 def step_flops(run: dict, data: tuple, args: argparse.Namespace, device: torch.device) -> float:
-    """FLOPs of one training step (forward, Grad-CAM, backward) counted by torch."""
+    """FLOPs of one training step (forward, Grad-CAM, backward) counted by torch: the model's
+    work only, so views are made outside the counter."""
     views, labels = next(iter(loader_for(run["method"].views, data, args, device, 0)))
     fmt = torch.channels_last if run["cfg"].train.channels_last else torch.contiguous_format
     views = [v.to(device, memory_format=fmt) for v in views]
@@ -119,6 +124,12 @@ def main() -> None:
     p.add_argument("--size", type=int, default=32)
     p.add_argument("--classes", type=int, default=100)
     p.add_argument("--workers", type=int, default=0, help="DataLoader workers")
+    p.add_argument(
+        "--augment",
+        choices=["loader", "device"],
+        default="loader",
+        help="views made per image in the loader, or per batch on the device (kornia)",
+    )
     p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=True)
     p.add_argument("--no-channels-last", action="store_true")
     p.add_argument("--peak-tflops", type=float, default=None, help="device peak, for the MFU")
@@ -133,7 +144,8 @@ def main() -> None:
     data = synthetic(args.batch * (args.steps + args.warmup_steps + 1), args.classes, args.size)
 
     record: dict = {"device": torch.cuda.get_device_name(device) if cuda else "cpu"}
-    record.update({k: getattr(args, k) for k in ("batch", "steps", "width", "size", "workers")})
+    keys = ("batch", "steps", "width", "size", "workers", "augment")
+    record.update({k: getattr(args, k) for k in keys})
     record["amp"] = args.amp and cuda
     rates, flops = {}, {}
     for name in ("ce", "supcon", "excon"):

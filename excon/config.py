@@ -87,6 +87,9 @@ class TrainConfig:
     # Under torchrun with several GPUs: BatchNorm statistics over the global batch (torch's
     # SyncBatchNorm is CUDA-only; per-rank statistics otherwise, as DDP does by default).
     sync_bn: bool = False
+    # Where views are made: "loader" = per image in DataLoader workers (torchvision, as the
+    # reference); "device" = whole batches on the training device (kornia): fast on a GPU.
+    augment: Literal["loader", "device"] = "loader"
 
 
 @dataclass

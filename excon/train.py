@@ -492,10 +492,29 @@ def _pretrain(
         stepper = DDP(stepper, device_ids=ids)
         if head_optimizer is not None:
             head = DDP(model.classifier, device_ids=ids)
-    train_ds = ViewDataset(
-        train_split.images, train_split.labels, method.views, data.mean, data.std
-    )
-    head_ds = ViewDataset(train_split.images, train_split.labels, ["ce"], data.mean, data.std)
+    if cfg.train.augment == "device":  # whole batches augmented on the device (kornia)
+        from excon.data.device_views import DeviceBatches
+
+        train_dev = DeviceBatches(
+            train_split.images, train_split.labels, method.views, data.mean, data.std, device
+        )
+        head_dev = DeviceBatches(
+            train_split.images, train_split.labels, ["ce"], data.mean, data.std, device
+        )
+        train_ds = head_ds = None
+    else:  # per image in the DataLoader (workers), as the reference
+        train_ds = ViewDataset(
+            train_split.images, train_split.labels, method.views, data.mean, data.std
+        )
+        head_ds = ViewDataset(train_split.images, train_split.labels, ["ce"], data.mean, data.std)
+
+    def epoch_batches(which: str, epoch: int) -> Any:
+        if cfg.train.augment == "device":
+            source = train_dev if which == "train" else head_dev
+            return source.epoch(rank_batch, train=True, epoch=epoch, **kw, **shard)
+        dataset = train_ds if which == "train" else head_ds
+        return make_loader(dataset, rank_batch, train=True, epoch=epoch, **kw, **shard)
+
     val_ds = ViewDataset(val_split.images, val_split.labels, ["standard"], data.mean, data.std)
     val_loader = make_loader(val_ds, cfg.train.batch_size, train=False, **kw)
 
@@ -503,7 +522,7 @@ def _pretrain(
         # Global RNG re-seeded per epoch: augmentations in the main process replay after resume
         # (per rank: each rank augments its own shard).
         torch.manual_seed(cfg.train.seed * 100_003 + epoch + 7919 * dist.rank)
-        loader = make_loader(train_ds, rank_batch, train=True, epoch=epoch, **kw, **shard)
+        loader = epoch_batches("train", epoch)
         epoch_start = time.perf_counter()
         row: dict[str, Any] = {"epoch": epoch + 1}
         ctx = StepContext(cfg.method, epoch, data.num_classes, gradcam)
@@ -511,7 +530,7 @@ def _pretrain(
             train_one_epoch(model, method, cfg, ctx, optimizer, loader, device, epoch, stepper)
         )
         if head_optimizer is not None:
-            head_loader = make_loader(head_ds, rank_batch, train=True, epoch=epoch, **kw, **shard)
+            head_loader = epoch_batches("head", epoch)
             row.update(
                 train_head_one_epoch(
                     model, cfg, head_optimizer, head_loader, device, epoch, classifier=head

@@ -39,6 +39,7 @@ STAGE_PARAMS: dict[str, list[str]] = {
         "train.channels_last",
         "train.max_steps_per_epoch",
         "train.sync_bn",
+        "train.augment",
     ],
     "probe": ["probe", "train.seed"],
     "evaluate_calibration": [
