@@ -27,6 +27,12 @@ from typing import Any
 from excon.config import Config
 
 PARENT_ENV = "EXCON_PARENT_RUN_ID"
+# On the cluster every task of one pipeline run sees the run's name here (the Argo workflow
+# label, through the downward API; kfp.local: set by `excon-pipeline run-local`). The parent run
+# is found by this tag rather than passed as a task input, which would change every task's
+# cache fingerprint on every run.
+PIPELINE_RUN_ENV = "EXCON_PIPELINE_RUN"
+PIPELINE_RUN_TAG = "excon.pipeline_run"
 DEFAULT_URI = "sqlite:///mlflow.db"
 
 
@@ -160,8 +166,8 @@ def stage_run(
         return
     mlflow = configure(cfg)
     try:
-        mlflow.set_experiment(cfg.tracking.experiment)
-        parent = os.environ.get(PARENT_ENV)
+        experiment = mlflow.set_experiment(cfg.tracking.experiment)
+        parent = os.environ.get(PARENT_ENV) or _pipeline_parent(mlflow, experiment)
         tags = {"excon.stage": stage, "excon.seed": str(cfg.train.seed)}
         if method:
             tags["excon.method"] = method
@@ -193,12 +199,31 @@ def stage_run(
             mlflow.end_run(status=status)
 
 
+def _pipeline_parent(mlflow: Any, experiment: Any) -> str | None:
+    """The parent run that start_parent made for $EXCON_PIPELINE_RUN, if any."""
+    pipeline_run = os.environ.get(PIPELINE_RUN_ENV)
+    if not pipeline_run:
+        return None
+    found = mlflow.search_runs(
+        [experiment.experiment_id],
+        filter_string=f"tags.`{PIPELINE_RUN_TAG}` = '{pipeline_run}' "
+        "and tags.`excon.stage` = 'pipeline'",
+        max_results=1,
+        output_format="list",
+    )
+    return found[0].info.run_id if found else None
+
+
 def start_parent(cfg: Config) -> str:
-    """Create the parent run of one pipeline run and return its id."""
+    """Create the parent run of one pipeline run and return its id (tagged with
+    $EXCON_PIPELINE_RUN when set, so the run's tasks find it)."""
     preflight(cfg)
     mlflow = configure(cfg)
+    mlflow.set_experiment(cfg.tracking.experiment)
     commit = git_commit()
     tags = {"excon.stage": "pipeline", **({"git.commit": commit} if commit else {})}
+    if os.environ.get(PIPELINE_RUN_ENV):
+        tags[PIPELINE_RUN_TAG] = os.environ[PIPELINE_RUN_ENV]
     run = mlflow.start_run(run_name=f"study-{cfg.data.dataset}", tags=tags)
     mlflow.end_run()
     return run.info.run_id

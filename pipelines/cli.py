@@ -104,6 +104,14 @@ def cmd_submit(args: argparse.Namespace) -> int:
         "checkpoint_url": args.checkpoint_url,
         "staging_url": args.staging_url,
     }
+    if not args.host:
+        raise ConfigError("no Kubeflow Pipelines host: pass --host URL or set $KFP_HOST")
+    if args.image == DEFAULT_IMAGE:
+        print(
+            f"warning: --image is the placeholder {DEFAULT_IMAGE}; push the project image "
+            "(infra/docker) and pass --image or set $EXCON_IMAGE",
+            file=sys.stderr,
+        )
     if args.nodes * args.gpus > 1 and not args.staging_url:
         raise ConfigError("--nodes x --gpus > 1 runs pretrain as a PyTorchJob: give --staging-url")
     if args.node_selector is not None:
@@ -156,6 +164,8 @@ def cmd_run_local(args: argparse.Namespace) -> int:
         raise_on_error=True,
     )
     pipeline = build_pipeline(cfg, args.methods, DEFAULT_IMAGE, Resources(secrets=False))
+    # The tasks (subprocesses) inherit this: on a cluster it comes from the pod's labels.
+    os.environ["EXCON_PIPELINE_RUN"] = f"local-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
     start = time.perf_counter()
     pipeline()
     print(

@@ -95,14 +95,27 @@ def params_slice(config: dict[str, Any], keys: list[str]) -> dict[str, Any]:
     return out
 
 
-def code_digest() -> str:
-    """sha256 of the excon package's Python source (what every task runs)."""
+def code_roots() -> list[Path]:
+    """The Python source every task runs: the excon package, the components (their bodies are
+    the tasks' code) and these pipeline modules."""
+    import components
     import excon
 
-    root = Path(excon.__file__).resolve().parent
+    return [
+        Path(excon.__file__).resolve().parent,
+        Path(components.__file__).resolve().parent,
+        Path(__file__).resolve().parent,
+    ]
+
+
+def code_digest(roots: list[Path] | None = None) -> str:
+    """sha256 of every .py file under `roots` (default: code_roots())."""
+    roots = code_roots() if roots is None else roots
     h = hashlib.sha256()
-    for path in sorted(root.rglob("*.py")):
-        h.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+    for root in roots:
+        for path in sorted(root.rglob("*.py")):
+            rel = f"{root.name}/{path.relative_to(root).as_posix()}"
+            h.update(rel.encode() + b"\0" + path.read_bytes() + b"\0")
     return h.hexdigest()
 
 

@@ -50,6 +50,8 @@ S3_KEYS = [
 MLFLOW_SECRET = "excon-mlflow"
 MLFLOW_KEYS = ["MLFLOW_TRACKING_URI"]
 MLFLOW_OPTIONAL_KEYS = ["MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"]
+PIPELINE_RUN_ENV = "EXCON_PIPELINE_RUN"
+PIPELINE_RUN_FIELD = "metadata.labels['workflows.argoproj.io/workflow']"
 DEFAULT_NODE_SELECTOR = {"nvidia.com/gpu.present": "true"}
 DEFAULT_TOLERATIONS = [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
 
@@ -90,7 +92,7 @@ def build_pipeline(
     """A pipeline function for `cfg` (compiled in) over `methods`."""
     resources = resources or Resources()
     unknown = [m for m in methods if m not in dag.METHODS]
-    if unknown or not methods:
+    if unknown or not methods or len(set(methods)) != len(methods):
         raise ValueError(f"methods: got {list(methods)}, allowed {', '.join(dag.METHODS)}")
     job_manifest = None
     if resources.nodes * resources.gpus > 1:
@@ -120,6 +122,12 @@ def build_pipeline(
             task.set_caching_options(True, cache_key=cache)
         task.set_cpu_request(resources.cpu).set_memory_request(resources.memory)
         task.set_cpu_limit(resources.cpu).set_memory_limit(resources.memory)
+        # Which pipeline run this is, from the pod's Argo workflow label (not an input: inputs
+        # enter KFP's cache fingerprint, and a per-run value would defeat every cache hit).
+        kubernetes.use_field_path_as_env(task, PIPELINE_RUN_ENV, PIPELINE_RUN_FIELD)
+        # Scratch space: the launcher, temp dirs, downloads and the shift cache live in /tmp,
+        # writable even where the image's root filesystem is not.
+        kubernetes.empty_dir_mount(task, volume_name="scratch", mount_path="/tmp")
         if resources.secrets:
             kubernetes.use_secret_as_env(task, S3_SECRET, {k: k for k in S3_KEYS})
             kubernetes.use_secret_as_env(task, MLFLOW_SECRET, {k: k for k in MLFLOW_KEYS})
@@ -157,7 +165,6 @@ def build_pipeline(
     ) -> None:
         # A new parent run per pipeline run: never cached.
         tracking = common(start_tracking(config=config_text), "start-tracking", None)
-        parent = tracking.output
         prep_key = key("prepare", None)
         data = common(prepare(config=config_text), "prepare", prep_key).after(tracking)
         evaluations: dict[str, dict[str, dsl.PipelineTask]] = {}
@@ -170,9 +177,7 @@ def build_pipeline(
                     config=config_text,
                     method=m,
                     dataset=data.outputs["dataset"],
-                    parent_run_id=parent,
                     checkpoint_url=checkpoint_url,
-                    run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
                 )
                 common(pre, f"pretrain-{m}", pre_key)
                 on_gpu(pre, gpu_node_selector, gpu_tolerations, resources.gpus)
@@ -185,8 +190,6 @@ def build_pipeline(
                     staging_url=staging_url,
                     node_selector=gpu_node_selector,
                     tolerations=gpu_tolerations,
-                    parent_run_id=parent,
-                    run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
                 )
                 common(pre, f"pretrain-{m}", pre_key)
             pre.set_retry(resources.pretrain_retries, backoff_duration="60s", backoff_factor=2)
@@ -196,7 +199,6 @@ def build_pipeline(
                 method=m,
                 dataset=data.outputs["dataset"],
                 model=pre.outputs["model"],
-                parent_run_id=parent,
             )
             common(lin, f"probe-{m}", probe_key)
             on_gpu(lin, gpu_node_selector, gpu_tolerations)
@@ -209,7 +211,6 @@ def build_pipeline(
                     dataset=data.outputs["dataset"],
                     model=pre.outputs["model"],
                     probe_head=lin.outputs["probe_head"],
-                    parent_run_id=parent,
                 )
                 common(ev, f"evaluate-{part}-{m}", key(f"evaluate_{part}", m, probe_key))
                 on_gpu(ev, gpu_node_selector, gpu_tolerations)
@@ -218,7 +219,6 @@ def build_pipeline(
         report_key = key("report", None, *eval_keys)
         rep = report(
             config=config_text,
-            parent_run_id=parent,
             **{
                 f"{m}_{part}": ev.outputs["evaluation"]
                 for m in methods
@@ -226,6 +226,9 @@ def build_pipeline(
             },
         )
         common(rep, "report", report_key)
+        if not cfg.tracking.enabled:
+            return  # registering needs MLflow: without tracking the study ends at the report
+        previous = None
         for m in methods:
             pre, lin, _ = trained[m]
             reg = named(register, f"register-{m}")(
@@ -235,11 +238,15 @@ def build_pipeline(
                 model=pre.outputs["model"],
                 probe_head=lin.outputs["probe_head"],
                 report=rep.outputs["table"],
-                parent_run_id=parent,
                 **{part: ev.outputs["evaluation"] for part, ev in evaluations[m].items()},
             )
-            # Registration changes the registry (a new version each time): never cached.
+            # Registration changes the registry (a new version each time): never cached. One
+            # after another, as dvc.yaml orders them: each gate reads the champion the one
+            # before may have just moved, so parallel registrations would race.
             common(reg, f"register-{m}", None)
+            if previous is not None:
+                reg.after(previous)
+            previous = reg
 
     return excon_study
 

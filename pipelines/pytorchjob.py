@@ -112,7 +112,6 @@ def launch(
     run_id: str,
     node_selector: dict,
     tolerations: list,
-    parent_run_id: str = "",
     namespace: str = "",
     timeout_s: float = 7 * 24 * 3600,
     api: Any = None,
@@ -121,21 +120,25 @@ def launch(
     Returns the run's summary.json."""
     from excon.storage import download_dir, upload_dir
 
+    if not run_id:
+        raise JobError("no pipeline run name ($EXCON_PIPELINE_RUN) to keep runs' inputs apart")
     if not stage_url.startswith("s3://"):
         raise JobError(
             f"staging_url must be s3://bucket/prefix to run a PyTorchJob, got {stage_url!r}"
         )
-    stage = "/".join(p for p in (stage_url.rstrip("/"), run_id, method) if p)
+    stage = f"{stage_url.rstrip('/')}/{run_id}/{method}"
     upload_dir(dataset, f"{stage}/data")
     with tempfile.TemporaryDirectory() as tmp:
         (Path(tmp) / "params.yaml").write_text(config_text)
         upload_dir(tmp, f"{stage}/params")
     job = copy.deepcopy(job)
-    name = f"excon-pretrain-{method}-{run_id[:8] or 'local'}".lower()
+    # a DNS label: excon-pretrain-<method>-<first 8 of the run name>
+    tag = "".join(c for c in run_id.lower() if c.isalnum())[-8:]
+    name = f"excon-pretrain-{method}-{tag}"
     job["metadata"]["name"] = name
     _set_env(
         job,
-        {"EXCON_STAGE_URL": stage, "EXCON_METHOD": method, "EXCON_PARENT_RUN_ID": parent_run_id},
+        {"EXCON_STAGE_URL": stage, "EXCON_METHOD": method, "EXCON_PIPELINE_RUN": run_id},
     )
     _set_scheduling(job, node_selector, tolerations)
     if api is None:

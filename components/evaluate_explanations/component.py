@@ -16,16 +16,13 @@ def evaluate_explanations(
     evaluation: Output[Artifact],
     metrics: Output[Metrics],
     plots: Output[HTML],
-    parent_run_id: str = "",
 ) -> None:
-    import os
     from pathlib import Path
 
     from excon import stages
     from excon.config import loads_config
     from excon.plots import html_gallery
 
-    os.environ["EXCON_PARENT_RUN_ID"] = parent_run_id
     cfg = loads_config(config, [f"method.name={method}"])
     out = Path(evaluation.path)
     sources = [Path(model.path), Path(probe_head.path)]

@@ -13,24 +13,26 @@ def pretrain(
     dataset: Input[Dataset],
     model: Output[Model],
     metrics: Output[Metrics],
-    parent_run_id: str = "",
     checkpoint_url: str = "",
-    run_id: str = "",
 ) -> None:
-    """With `checkpoint_url` (s3://...), the checkpoint goes to <checkpoint_url>/<run_id>/<method>
-    after every epoch and a retry of this task (a fresh pod, same pipeline run) resumes from it
-    instead of starting over. Methods and pipeline runs never share a checkpoint, so one found
-    there was trained with this task's parameters."""
+    """With `checkpoint_url` (s3://...), the checkpoint goes to
+    <checkpoint_url>/<pipeline run>/<method> after every epoch and a retry of this task (a fresh
+    pod, same pipeline run) resumes from it instead of starting over. Methods and pipeline runs
+    never share a checkpoint, so one found there was trained with this task's parameters."""
     import os
+    import sys
     from pathlib import Path
 
     from excon import stages
     from excon.config import loads_config
 
-    os.environ["EXCON_PARENT_RUN_ID"] = parent_run_id
     cfg = loads_config(config, [f"method.name={method}"])
+    pipeline_run = os.environ.get("EXCON_PIPELINE_RUN", "")
+    if checkpoint_url and not pipeline_run:
+        print("checkpoint_url ignored: no pipeline run name to keep runs apart", file=sys.stderr)
+        checkpoint_url = ""
     run = Path(model.path)
-    url = "/".join(p for p in (checkpoint_url.rstrip("/"), run_id, method) if p)
+    url = f"{checkpoint_url.rstrip('/')}/{pipeline_run}/{method}"
     resumed = bool(checkpoint_url) and stages.restore_checkpoint(url, run)
     summary = stages.pretrain(
         cfg,

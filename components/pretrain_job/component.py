@@ -22,11 +22,10 @@ def pretrain_job(
     staging_url: str,
     node_selector: dict,
     tolerations: list,
-    parent_run_id: str = "",
-    run_id: str = "",
     namespace: str = "",
 ) -> None:
     import json
+    import os
     from pathlib import Path
 
     from excon import stages
@@ -39,10 +38,9 @@ def pretrain_job(
         Path(dataset.path),
         Path(model.path),
         staging_url,
-        run_id,
+        os.environ.get("EXCON_PIPELINE_RUN", ""),
         node_selector,
         tolerations,
-        parent_run_id=parent_run_id,
         namespace=namespace,
     )
     (Path(model.path) / "checkpoint.pt").unlink(missing_ok=True)

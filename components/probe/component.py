@@ -14,9 +14,7 @@ def probe(
     model: Input[Model],
     probe_head: Output[Model],
     metrics: Output[Metrics],
-    parent_run_id: str = "",
 ) -> None:
-    import os
     import shutil
     import tempfile
     from pathlib import Path
@@ -24,7 +22,6 @@ def probe(
     from excon import stages
     from excon.config import loads_config
 
-    os.environ["EXCON_PARENT_RUN_ID"] = parent_run_id
     cfg = loads_config(config, [f"method.name={method}"])
     out = Path(probe_head.path)
     out.mkdir(parents=True, exist_ok=True)

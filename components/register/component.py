@@ -18,18 +18,15 @@ def register(
     explanations: Input[Artifact],
     report: Input[Markdown],
     decision: Output[Markdown],
-    parent_run_id: str = "",
 ) -> None:
     """`report` orders registration after the comparison (as in dvc.yaml); the gate itself
     compares with the registry's current champion."""
-    import os
     import tempfile
     from pathlib import Path
 
     from excon import stages
     from excon.config import loads_config
 
-    os.environ["EXCON_PARENT_RUN_ID"] = parent_run_id
     cfg = loads_config(config, [f"method.name={method}"])
     evals = {
         "calibration": Path(calibration.path),

@@ -21,11 +21,9 @@ def report(
     excon_calibration: Input[Artifact] = None,
     excon_robustness: Input[Artifact] = None,
     excon_explanations: Input[Artifact] = None,
-    parent_run_id: str = "",
 ) -> None:
     """Inputs are the evaluations of each method the pipeline trained (the others stay unset);
     a method is reported when all three of its evaluations are given."""
-    import os
     import shutil
     import tempfile
     from pathlib import Path
@@ -34,7 +32,6 @@ def report(
     from excon.config import loads_config
     from excon.plots import html_gallery
 
-    os.environ["EXCON_PARENT_RUN_ID"] = parent_run_id
     given = {
         ("ce", "calibration"): ce_calibration,
         ("ce", "robustness"): ce_robustness,

@@ -8,7 +8,8 @@ from components import DEFAULT_IMAGE
 @dsl.component(base_image=DEFAULT_IMAGE, install_kfp_package=False)
 def start_tracking(config: str) -> str:
     """Returns the parent run id ('' when tracking is off); fails fast when MLflow is
-    unreachable, before any GPU time is spent."""
+    unreachable, before any GPU time is spent. The run is tagged with $EXCON_PIPELINE_RUN, by
+    which the pipeline's other tasks find it."""
     from excon.config import loads_config
     from excon.tracking import start_parent
 

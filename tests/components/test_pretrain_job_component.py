@@ -12,6 +12,7 @@ from pipelines import pytorchjob
 
 
 def test_the_fetched_run_becomes_the_model_artifact(make_config, dataset, output, monkeypatch):
+    monkeypatch.setenv("EXCON_PIPELINE_RUN", "r1")  # the pod's workflow label on a cluster
     calls = []
 
     def fake_launch(job, config, method, data, out, stage_url, run_id, selector, tolerations,
@@ -35,16 +36,14 @@ def test_the_fetched_run_becomes_the_model_artifact(make_config, dataset, output
         staging_url="s3://b/stage",
         node_selector={"pool": "gpu"},
         tolerations=[],
-        run_id="r1",
-        parent_run_id="p1",
     )
     ((job, method, data, url, run_id, selector, _, kw),) = calls
     assert job == manifest and method == "supcon" and data == Path(dataset.path)
-    assert (url, run_id, selector, kw["parent_run_id"]) == (
+    assert (url, run_id, selector, kw) == (
         "s3://b/stage",
         "r1",
         {"pool": "gpu"},
-        "p1",
+        {"namespace": ""},
     )
     assert not (Path(model.path) / "checkpoint.pt").exists()
     assert model.metadata == {"method": "supcon", "pytorchjob": True}

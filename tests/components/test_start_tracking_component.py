@@ -8,7 +8,7 @@ from kfp.dsl import Metrics, Model
 
 from components.probe.component import probe
 from components.start_tracking.component import start_tracking
-from excon.tracking import PARENT_ENV, TrackingError
+from excon.tracking import PARENT_ENV, PIPELINE_RUN_ENV, TrackingError
 
 
 def test_creates_a_finished_parent_run(make_config, tracking_on, mlflow_store):
@@ -21,12 +21,15 @@ def test_creates_a_finished_parent_run(make_config, tracking_on, mlflow_store):
 
 
 def test_stage_runs_hang_under_the_parent(
-    make_config, tracking_on, mlflow_store, dataset, pretrained, output
+    make_config, tracking_on, mlflow_store, dataset, pretrained, output, monkeypatch
 ):
+    """Tasks find the parent by the pipeline run's name ($EXCON_PIPELINE_RUN, from the pod's
+    workflow label on a cluster), not through an input that would defeat caching."""
     config = make_config(*tracking_on)
+    monkeypatch.setenv(PIPELINE_RUN_ENV, "excon-study-abc12")
     parent = start_tracking.python_func(config=config)
 
-    def run_probe(name: str, **kwargs: str) -> Metrics:
+    def run_probe(name: str) -> Metrics:
         metrics = output(Metrics, f"{name}_metrics")
         probe.python_func(
             config=config,
@@ -35,13 +38,13 @@ def test_stage_runs_hang_under_the_parent(
             model=pretrained[0],
             probe_head=output(Model, name),
             metrics=metrics,
-            **kwargs,
         )
         return metrics
 
-    metrics = run_probe("child", parent_run_id=parent)
-    assert os.environ[PARENT_ENV] == parent  # how stage_run finds it
-    run_probe("alone")  # default parent_run_id="": the previous parent must not leak into it
+    metrics = run_probe("child")
+    monkeypatch.setenv(PIPELINE_RUN_ENV, "excon-study-other")  # another run: no parent of it
+    run_probe("alone")
+    assert PARENT_ENV not in os.environ  # found per stage run, never left behind
 
     client = mlflow.MlflowClient(tracking_uri=mlflow_store)
     experiment = client.get_experiment_by_name("excon").experiment_id

@@ -20,6 +20,8 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from pipelines.excon_pipeline import DEFAULT_NODE_SELECTOR, DEFAULT_TOLERATIONS
+
 ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "infra" / "k8s"
 KUBECTL = Path(sys.executable).parent / "kubectl"
@@ -40,8 +42,9 @@ URL_WITH_USERINFO = re.compile(r"://[^/@\s]+:[^/@\s]*@")
 WRITABLE_ROOT_ALLOWED: dict[tuple[str, str], str] = {}
 
 # How the pipeline's GPU tasks are scheduled (its defaults); the GPU smoke test must match.
-GPU_NODE_SELECTOR = {"nvidia.com/gpu.present": "true"}
-GPU_TOLERATION = {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
+# the GPU smoke test must schedule exactly as the pipeline's GPU tasks do by default
+GPU_NODE_SELECTOR = DEFAULT_NODE_SELECTOR
+(GPU_TOLERATION,) = DEFAULT_TOLERATIONS
 
 POD_TEMPLATE_KINDS = {"Deployment", "StatefulSet", "DaemonSet", "ReplicaSet", "Job"}
 CLUSTER_SCOPED_KINDS = {"Namespace"}
@@ -391,9 +394,12 @@ def test_pipeline_secrets_keep_their_names_and_keys(rendered, target):
     docs, _ = rendered[target]
     s3 = find(docs, "Secret", "excon-s3")
     tracking = find(docs, "Secret", "excon-mlflow")
-    needed = {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "MLFLOW_S3_ENDPOINT_URL"}
-    assert needed <= set(s3["data"])
-    assert "MLFLOW_TRACKING_URI" in tracking["data"]
+    # every key the pipeline's tasks mount as required (a missing one: CreateContainerConfigError)
+    from pipelines.excon_pipeline import MLFLOW_KEYS, MLFLOW_SECRET, S3_KEYS, S3_SECRET
+
+    assert (S3_SECRET, MLFLOW_SECRET) == ("excon-s3", "excon-mlflow")
+    assert set(S3_KEYS) <= set(s3["data"])
+    assert set(MLFLOW_KEYS) <= set(tracking["data"])
     namespace = load_kustomization(K8S / target)["namespace"]
     assert s3["metadata"]["namespace"] == tracking["metadata"]["namespace"] == namespace
     if target == "overlays/kubeflow":  # the pipelines' namespace, not the servers'

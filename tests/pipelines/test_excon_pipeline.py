@@ -2,6 +2,7 @@
 keys, checked in both documents of the package (PipelineSpec and the Kubernetes PlatformSpec)."""
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -60,17 +61,19 @@ def test_gpu_tasks_request_a_gpu_on_gpu_nodes(compiled):
                 {"tolerationJson": {"componentInputParameter": "gpu_tolerations"}}
             ]
             assert conf["emptyDirMounts"] == [
+                {"mountPath": "/tmp", "volumeName": "scratch"},
                 {
                     "medium": "Memory",
                     "mountPath": "/dev/shm",
                     "sizeLimit": "16Gi",
                     "volumeName": "dshm",
-                }
+                },
             ]
     # CPU-only stages ask for no accelerator and mount no shm
     for task in ("prepare", "report", "register-ce", "start-tracking"):
         assert "accelerator" not in executor(spec, task).get("resources", {}), task
-        assert "emptyDirMounts" not in k8s(platform, spec, task), task
+        mounts = k8s(platform, spec, task)["emptyDirMounts"]
+        assert mounts == [{"mountPath": "/tmp", "volumeName": "scratch"}], task
     defaults = spec["root"]["inputDefinitions"]["parameters"]
     assert defaults["gpu_node_selector"]["defaultValue"] == {"nvidia.com/gpu.present": "true"}
     assert defaults["gpu_tolerations"]["defaultValue"] == [
@@ -203,3 +206,48 @@ def test_submit_with_several_gpus_needs_a_staging_url(capsys):
 
     assert main(["submit", "--host", "http://x", "--nodes", "2"]) == 2
     assert "--staging-url" in capsys.readouterr().err
+
+
+def test_no_task_takes_a_per_run_input(compiled):
+    """KFP's own cache fingerprint hashes a task's inputs: none may differ between runs (the run
+    name comes from the pod's workflow label instead), or nothing would ever be cached."""
+    spec, platform = compiled
+    text = json.dumps(spec["root"]["dag"])
+    assert "pipeline_job_uuid" not in text and "parent_run_id" not in text
+    for task in tasks(spec):
+        (env,) = k8s(platform, spec, task)["fieldPathAsEnv"]
+        assert env == {
+            "name": "EXCON_PIPELINE_RUN",
+            "fieldPath": "metadata.labels['workflows.argoproj.io/workflow']",
+        }
+
+
+def test_registrations_run_one_after_another(compiled):
+    spec, _ = compiled
+    deps = {n: set(t.get("dependentTasks", [])) for n, t in tasks(spec).items()}
+    assert "register-ce" in deps["register-supcon"] and "register-supcon" in deps["register-excon"]
+    assert not deps["register-ce"] & {"register-supcon", "register-excon"}
+
+
+def test_tracking_off_ends_the_study_at_the_report(compile_docs):
+    spec, _ = compile_docs("--set", "tracking.enabled=false")
+    assert "report" in tasks(spec) and not any(n.startswith("register-") for n in tasks(spec))
+
+
+def test_duplicate_methods_are_refused():
+    with pytest.raises(ValueError, match="methods"):
+        build_pipeline(load_config(None), methods=["ce", "ce"])
+
+
+def test_cache_keys_follow_the_component_code(tmp_path):
+    import shutil
+
+    import components
+    from pipelines import dag
+
+    assert Path(components.__file__).resolve().parent in dag.code_roots()
+    copy = Path(shutil.copytree(dag.code_roots()[1], tmp_path / "components"))
+    before = dag.code_digest([copy])
+    probe = copy / "probe" / "component.py"
+    probe.write_text(probe.read_text() + "\n# changed\n")
+    assert dag.code_digest([copy]) != before

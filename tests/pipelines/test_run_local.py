@@ -59,7 +59,7 @@ def test_every_task_succeeds(local_run):
             "register",
         )
     }
-    assert "finished with status \x1b[92mSUCCESS" in log or "SUCCESS" in log
+    assert "Pipeline \x1b[95m'excon-study'\x1b[0m finished with status \x1b[92mSUCCESS" in log
     assert "kfp.local: pipeline finished" in log
 
 

@@ -2,6 +2,8 @@
 server): the pretrain component restores it, resumes, and ends with the weights of a run that
 was never interrupted."""
 
+import os
+
 import pytest
 import yaml
 from kfp.dsl import Dataset, Metrics, Model
@@ -16,6 +18,7 @@ class Killed(RuntimeError):
 
 
 def run_component(cfg, method, prepared, out, base, run_id):
+    os.environ["EXCON_PIPELINE_RUN"] = run_id  # the pod's workflow label on a cluster
     model = Model(name="model", uri=str(out), metadata={})
     metrics = Metrics(name="metrics", uri=f"{out}-metrics", metadata={})
     pretrain_component.python_func(
@@ -25,7 +28,6 @@ def run_component(cfg, method, prepared, out, base, run_id):
         model=model,
         metrics=metrics,
         checkpoint_url=base,
-        run_id=run_id,
     )
     return model, metrics
 
@@ -39,6 +41,7 @@ def test_a_retry_resumes_from_the_uploaded_checkpoint(
     s3_env, bucket, prepared, tiny_config, tmp_path, monkeypatch
 ):
     monkeypatch.setenv("EXCON_PARENT_RUN_ID", "")
+    monkeypatch.setenv("EXCON_PIPELINE_RUN", "")  # restored after run_component sets it
     overrides = ["method.name=supcon", "train.epochs=2", "tracking.enabled=false"]
     cfg = tiny_config(*overrides)
     base, run_id = f"s3://{bucket}/ckpt", "run-1"
@@ -71,6 +74,7 @@ def test_methods_and_runs_keep_their_checkpoints_apart(
     s3_env, bucket, prepared, tiny_config, tmp_path, monkeypatch
 ):
     monkeypatch.setenv("EXCON_PARENT_RUN_ID", "")
+    monkeypatch.setenv("EXCON_PIPELINE_RUN", "")  # restored after run_component sets it
     cfg = tiny_config("train.epochs=1", "tracking.enabled=false")
     base = f"s3://{bucket}/ckpt"
     supcon, _ = run_component(cfg, "supcon", prepared, tmp_path / "s", base, "run-1")

@@ -59,7 +59,6 @@ def run_launch(api, prepared, tmp_path, bucket, **kw):
         "1234abcd-run",
         {"pool": "h100"},
         [{"key": "gpu", "operator": "Exists"}],
-        parent_run_id="parent-1",
         namespace="team",
         api=api,
         **kw,
@@ -73,12 +72,12 @@ def test_launch_stages_runs_and_fetches(s3_env, bucket, prepared, tmp_path, monk
     assert summary == {"method": "excon", "val/top1": 0.5, "epochs": 2}
     assert (tmp_path / "model" / "model.json").is_file()
     (job,) = api.created
-    assert job["metadata"]["name"] == "excon-pretrain-excon-1234abcd"
+    assert job["metadata"]["name"] == "excon-pretrain-excon-4abcdrun"
     for spec in job["spec"]["pytorchReplicaSpecs"].values():
         pod = spec["template"]["spec"]
         env = {e["name"]: e["value"] for e in pod["containers"][0]["env"]}
         assert env["EXCON_STAGE_URL"] == f"s3://{bucket}/stage/1234abcd-run/excon"
-        assert env["EXCON_PARENT_RUN_ID"] == "parent-1"
+        assert env["EXCON_PIPELINE_RUN"] == "1234abcd-run"  # pods find the MLflow parent
         assert pod["nodeSelector"] == {"pool": "h100"}  # the run's scheduling parameters
         assert pod["tolerations"] == [{"key": "gpu", "operator": "Exists"}]
 
