@@ -27,32 +27,15 @@ from components.probe.component import probe
 from excon.config import load_config
 from excon.stages import numeric
 from excon.tracking import PARENT_ENV
+from pipelines.cli import TINY
 
-# tests/conftest.py's TINY network plus the eval settings of pipelines/cli.py's TINY preset.
-# Spelled out: `tiny_config` is function-scoped (session fixtures cannot use it) and conftest
-# modules are not importable by name.
+# The tiny study `excon-pipeline run-local` runs (pipelines/cli.py's TINY), on the blobs of
+# tests/conftest.py: they hold 24 training images (no data.limit_per_class, a smaller batch).
 PRESET = [
-    "model.width=0.0625",
-    "model.proj_dim=8",
-    "train.batch_size=16",  # not the preset's 32: the blobs have 24 training images
-    "train.device=cpu",
+    *(o for o in TINY if not o.startswith(("data.limit_per_class", "train.batch_size"))),
+    "train.batch_size=16",
     "optim.lr=0.05",
     "probe.batch_size=32",
-    "method.exp_epochs=0",
-    "method.grid_images=2",
-    "train.epochs=1",
-    "train.max_steps_per_epoch=2",
-    "probe.epochs=2",
-    "probe.lrs=[0.1]",
-    "eval.eps=[4]",
-    "eval.pgd_steps=2",
-    "eval.attack_images=16",
-    "eval.corruptions=[contrast]",
-    "eval.severities=[1, 5]",
-    "eval.shift_images=8",
-    "eval.expl_images=16",
-    "eval.deletion_steps=4",
-    "eval.grid_images=2",
 ]
 METHOD = "excon"  # the study's own method: the chain exercises its Grad-CAM training path
 PARTS = ("calibration", "robustness", "explanations")
