@@ -47,6 +47,7 @@ _RESUME_FREE = {
     "data.raw_dir",
     "data.download",
     "train.device",
+    "train.compile",  # how the same computation runs, not what it computes
     "train.runs_dir",
 }
 
@@ -416,6 +417,17 @@ def _pretrain(
         if device.type != "cuda":
             raise ConfigError("train.sync_bn needs CUDA (torch's SyncBatchNorm is GPU-only)")
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    if cfg.train.compile and method.uses_saliency:
+        # Seen with torch 2.14: a compiled encoder can run without captum's forward hook on
+        # the explained layer ("Forward hook did not obtain any outputs"), so Grad-CAM breaks.
+        raise ConfigError(
+            "train.compile is not available for excon (Grad-CAM's layer hooks do not survive "
+            "torch.compile); use it with ce or supcon, or leave it off"
+        )
+    if cfg.train.compile:
+        # In place, so the optimiser, Grad-CAM's layer hooks and checkpoints keep seeing the
+        # same module and parameter names (state_dict keys gain no `_orig_mod.` prefix).
+        model.encoder.compile(dynamic=True)
     o = cfg.optim
     if method.head_in_objective:
         params = [*model.encoder.parameters(), *model.classifier.parameters()]

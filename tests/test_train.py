@@ -174,3 +174,19 @@ def test_truncated_checkpoint_is_a_clear_error(prepared, tiny_config, tmp_path):
     with pytest.raises(ResumeError, match="unreadable"):
         pretrain(cfg, prepared, tmp_path / "run", resume=True)
     assert pretrain(cfg, prepared, tmp_path / "run", resume="auto")["epochs"] == 1
+
+
+def test_compiled_encoder_trains_like_the_eager_one(prepared, tiny_config, tmp_path):
+    """train.compile: the same first-step loss as eager, and the saved weights keep their names
+    (no `_orig_mod.` prefix); excon, whose Grad-CAM hooks do not survive it, is refused."""
+    from safetensors.torch import load_file
+
+    sets = ("method.name=supcon", "train.epochs=1", "train.max_steps_per_epoch=1")
+    eager = pretrain(tiny_config(*sets), prepared, tmp_path / "eager")
+    compiled = pretrain(tiny_config(*sets, "train.compile=true"), prepared, tmp_path / "compiled")
+    assert compiled["train/loss"] == pytest.approx(eager["train/loss"], rel=1e-4)
+    a = load_file(tmp_path / "eager" / "model.safetensors")
+    b = load_file(tmp_path / "compiled" / "model.safetensors")
+    assert a.keys() == b.keys()
+    with pytest.raises(ConfigError, match=r"train\.compile is not available for excon"):
+        pretrain(tiny_config("method.name=excon", "train.compile=true"), prepared, tmp_path / "x")
