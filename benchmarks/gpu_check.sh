@@ -5,8 +5,10 @@
 #
 #   bash benchmarks/gpu_check.sh            # python3 with torch + torchvision on the machine
 #
-# excon is used from this checkout (PYTHONPATH); packages the machine lacks (captum, for
-# Grad-CAM) can come as wheels in .whl/ (pip download --no-deps captum==0.9.0 -d .whl).
+# excon is used from this checkout (PYTHONPATH); packages the machine lacks can come as wheels
+# in .whl/, for the machine's Python: captum==0.9.0 (Grad-CAM), kornia==0.9.0 and kornia-rs==0.2.0
+# (train.augment: device), e.g. pip download --no-deps --python-version 3.12 --only-binary=:all:
+# --platform manylinux2014_x86_64 -d .whl captum==0.9.0 kornia==0.9.0 kornia-rs==0.2.0
 # Never part of CI: CI has no GPU.
 set -euo pipefail
 cd "$(dirname "$0")/.."
