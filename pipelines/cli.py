@@ -68,9 +68,33 @@ def _json_arg(text: str, kind: type, flag: str) -> object:
 def _resources(args: argparse.Namespace) -> object:
     from pipelines.excon_pipeline import Resources
 
+    # The in-memory /dev/shm counts against the pod's memory limit: it must leave room.
+    if _gib(args.shm_size) >= _gib(args.gpu_memory):
+        raise ConfigError(
+            f"--shm-size {args.shm_size} must be below --gpu-memory {args.gpu_memory} "
+            "(an in-memory emptyDir counts against the pod's memory limit)"
+        )
     return Resources(
-        gpus=args.gpus, nodes=args.nodes, accelerator=args.accelerator, shm_size=args.shm_size
+        gpus=args.gpus,
+        nodes=args.nodes,
+        accelerator=args.accelerator,
+        shm_size=args.shm_size,
+        gpu_cpu=args.gpu_cpu,
+        gpu_memory=args.gpu_memory,
+        cpu=args.cpu,
+        memory=args.memory,
     )
+
+
+def _gib(quantity: str) -> float:
+    """A Kubernetes memory quantity (Gi, Mi, G, M or bytes) in GiB."""
+    units = {"Gi": 1.0, "Mi": 1 / 1024, "G": 1e9 / 2**30, "M": 1e6 / 2**30}
+    for suffix, factor in units.items():
+        if quantity.endswith(suffix) and quantity[: -len(suffix)].replace(".", "", 1).isdigit():
+            return float(quantity[: -len(suffix)]) * factor
+    if quantity.isdigit():
+        return int(quantity) / 2**30
+    raise ConfigError(f"{quantity!r}: expected a memory quantity such as 16Gi or 512Mi")
 
 
 def _cluster_config(args: argparse.Namespace) -> Config:
@@ -211,6 +235,10 @@ def build_parser() -> argparse.ArgumentParser:
         )
         p.add_argument("--accelerator", default="nvidia.com/gpu", help="GPU resource name")
         p.add_argument("--shm-size", default="16Gi", help="in-memory /dev/shm per GPU task")
+        p.add_argument("--gpu-cpu", default="8", help="CPU request and limit of a GPU task")
+        p.add_argument("--gpu-memory", default="48Gi", help="memory of a GPU task (incl. shm)")
+        p.add_argument("--cpu", default="2", help="CPU request and limit of the other tasks")
+        p.add_argument("--memory", default="8Gi", help="memory of the other tasks")
 
     p = command("compile", cmd_compile, "compile the pipeline to a YAML package")
     p.add_argument("-o", "--output", default="excon_pipeline.yaml")

@@ -251,3 +251,16 @@ def test_cache_keys_follow_the_component_code(tmp_path):
     probe = copy / "probe" / "component.py"
     probe.write_text(probe.read_text() + "\n# changed\n")
     assert dag.code_digest([copy]) != before
+
+
+def test_task_sizes_are_options(compile_docs, capsys):
+    spec, _ = compile_docs("--gpu-cpu", "4", "--gpu-memory", "24Gi", "--shm-size", "4Gi",
+                           "--cpu", "1", "--memory", "2Gi")  # fmt: skip
+    gpu = executor(spec, "probe-ce")["resources"]
+    assert (gpu["resourceCpuLimit"], gpu["resourceMemoryLimit"]) == ("4", "24Gi")
+    cpu = executor(spec, "report")["resources"]
+    assert (cpu["resourceCpuLimit"], cpu["resourceMemoryLimit"]) == ("1", "2Gi")
+    from pipelines.cli import main
+
+    assert main(["compile", "-o", "x.yaml", "--shm-size", "32Gi", "--gpu-memory", "24Gi"]) == 2
+    assert "must be below --gpu-memory" in capsys.readouterr().err
