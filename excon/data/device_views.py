@@ -19,7 +19,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from excon.data.views import VIEW_KINDS, make_loader
+from excon.data.views import VIEW_KINDS, check_images, make_loader
 
 
 def build_augmentation(
@@ -65,10 +65,7 @@ class DeviceBatches:
         std: Sequence[float],
         device: torch.device,
     ) -> None:
-        if images.ndim != 4 or images.dtype != np.uint8:
-            raise ValueError(
-                f"images must be uint8 [N, H, W, C], got {images.dtype} {images.shape}"
-            )
+        check_images(images)
         # uint8 NCHW on the device: 150 MB for CIFAR-100's training split
         self.images = torch.from_numpy(np.ascontiguousarray(images)).to(device).permute(0, 3, 1, 2)
         self.labels = torch.from_numpy(np.asarray(labels, dtype=np.int64)).to(device)

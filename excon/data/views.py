@@ -46,6 +46,12 @@ def build_transform(
     raise ValueError(f"unknown view kind {kind!r} (allowed: {', '.join(VIEW_KINDS)})")
 
 
+def check_images(images: np.ndarray) -> None:
+    """The prepared format's images: uint8 [N, H, W, C]."""
+    if images.ndim != 4 or images.dtype != np.uint8:
+        raise ValueError(f"images must be uint8 [N, H, W, C], got {images.dtype} {images.shape}")
+
+
 class ViewDataset(Dataset):
     """Yields ([view_1, ..., view_k], label) for uint8 NHWC images held in memory."""
 
@@ -57,10 +63,7 @@ class ViewDataset(Dataset):
         mean: Sequence[float],
         std: Sequence[float],
     ) -> None:
-        if images.ndim != 4 or images.dtype != np.uint8:
-            raise ValueError(
-                f"images must be uint8 [N, H, W, C], got {images.dtype} {images.shape}"
-            )
+        check_images(images)
         self.images = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2)
         self.labels = torch.from_numpy(np.asarray(labels, dtype=np.int64))
         size = (self.images.shape[2], self.images.shape[3])
