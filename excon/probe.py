@@ -20,6 +20,7 @@ from excon import artifacts
 from excon.config import Config
 from excon.data.prepared import load_prepared
 from excon.data.views import ViewDataset, make_loader
+from excon.seeds import stream_seed
 from excon.train import autocast, resolve_device
 
 METRICS = "metrics.json"
@@ -55,8 +56,10 @@ def fit_linear(
 ) -> tuple[nn.Linear, float, int]:
     """SGD + cosine on fixed features; returns the head at its best val epoch."""
     p = cfg.probe
-    generator = torch.Generator(device="cpu").manual_seed(cfg.train.seed)
-    torch.manual_seed(cfg.train.seed)
+    generator = torch.Generator(device="cpu").manual_seed(
+        stream_seed(cfg.train.seed, "probe_order")
+    )
+    torch.manual_seed(stream_seed(cfg.train.seed, "probe_init"))
     head = nn.Linear(train_x.shape[1], num_classes).to(train_x.device)
     opt = torch.optim.SGD(
         head.parameters(), lr=lr, momentum=p.momentum, weight_decay=p.weight_decay

@@ -30,6 +30,7 @@ from excon.models import ExConNet
 from excon.perf import tune_cpu_allocator
 from excon.plots import save_saliency_grid, save_training_curves
 from excon.saliency import GradCam, default_layer, keep_mask, mask_images
+from excon.seeds import stream_seed
 
 CHECKPOINT = "checkpoint.pt"
 METRICS_LOG = "metrics.jsonl"
@@ -66,6 +67,8 @@ def resolve_device(name: str) -> torch.device:
 
 
 def seed_everything(seed: int) -> None:
+    """Seed the global RNGs for weight init (the init stream, unrelated to order or views)."""
+    seed = stream_seed(seed, "init")
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
@@ -533,7 +536,7 @@ def _pretrain(
     for epoch in range(start_epoch, cfg.train.epochs):
         # Global RNG re-seeded per epoch: augmentations in the main process replay after resume
         # (per rank: each rank augments its own shard).
-        torch.manual_seed(cfg.train.seed * 100_003 + epoch + 7919 * dist.rank)
+        torch.manual_seed(stream_seed(cfg.train.seed, "augment", epoch, dist.rank))
         loader = epoch_batches("train", epoch)
         epoch_start = time.perf_counter()
         row: dict[str, Any] = {"epoch": epoch + 1}

@@ -16,6 +16,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from torchvision.transforms import v2
 
+from excon.seeds import stream_seed
+
 VIEW_KINDS = ("standard", "random", "ce")
 
 
@@ -93,11 +95,16 @@ def make_loader(
     """A loader whose shuffling and worker seeds depend only on (seed, epoch), so an epoch
     replays identically after a resume. With world_size > 1 (DDP), a training loader yields
     this rank's shard of each epoch's permutation (DistributedSampler)."""
-    generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
+    generator = torch.Generator().manual_seed(stream_seed(seed, "shuffle", epoch))
     sampler = None
     if train and world_size > 1:
         sampler = DistributedSampler(
-            dataset, world_size, rank, shuffle=True, seed=seed * 100_003, drop_last=True
+            dataset,
+            world_size,
+            rank,
+            shuffle=True,
+            seed=stream_seed(seed, "shuffle"),
+            drop_last=True,
         )
         sampler.set_epoch(epoch)
     return DataLoader(
