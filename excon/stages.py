@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -157,6 +158,17 @@ def save_checkpoint(url: str, run: Path) -> None:
     from excon.storage import upload_file
 
     upload_file(run / "checkpoint.pt", f"{url.rstrip('/')}/checkpoint.pt")
+
+
+def discard_scratch(url: str) -> None:
+    """Delete the scratch objects under `url` (a retry's checkpoint, a job's staged inputs)
+    once the run they served is complete. A failure only warns: the result is already safe."""
+    from excon.storage import StorageError, delete_prefix
+
+    try:
+        delete_prefix(url)
+    except StorageError as e:
+        print(f"warning: left scratch objects under {url}: {e}", file=sys.stderr)
 
 
 def evaluate_part(cfg: Config, data: Path, sources: list[Path], part: str, out: Path) -> dict:

@@ -311,6 +311,28 @@ def download_file(url: str, path: str | Path, settings: S3Settings | None = None
     return digest
 
 
+def delete_prefix(url: str, settings: S3Settings | None = None) -> int:
+    """Delete every object under `url/` (a folder, never a whole bucket); returns how many.
+    `s3://b/run-1` deletes run-1/... but not run-10/...."""
+    bucket, prefix = parse_s3_url(url)
+    prefix = prefix.rstrip("/")
+    if not prefix:
+        raise StorageError(f"refusing to delete everything in bucket {bucket} ({url})")
+    store = _Store(settings)
+    keys = list(store.list_keys(bucket, f"{prefix}/"))
+    for start in range(0, len(keys), 1000):  # DeleteObjects takes at most 1000 keys
+        batch = {"Objects": [{"Key": k} for k in keys[start : start + 1000]], "Quiet": True}
+        done = store.call(lambda b=batch: store.s3.delete_objects(Bucket=bucket, Delete=b), bucket)
+        if done.get("Errors"):
+            first = done["Errors"][0]
+            raise StorageError(
+                f"could not delete {len(done['Errors'])} objects under {url}, e.g. "
+                f"{first.get('Key')}: {first.get('Code')} {first.get('Message', '')}".rstrip()
+            )
+    log.info("deleted %d objects under %s", len(keys), url)
+    return len(keys)
+
+
 @dataclass
 class SyncResult:
     transferred: list[str] = field(default_factory=list)  # relative paths

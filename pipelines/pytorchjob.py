@@ -116,8 +116,10 @@ def launch(
     timeout_s: float = 7 * 24 * 3600,
     api: Any = None,
 ) -> dict:
-    """Stage the inputs under `stage_url/<run_id>/<method>`, run `job`, fetch the run to `out`.
-    Returns the run's summary.json."""
+    """Stage the inputs under `stage_url/<run_id>/<method>`, run `job`, fetch the run to `out`
+    and delete the staged objects (kept when the job fails, to look into). Returns the run's
+    summary.json."""
+    from excon import stages
     from excon.storage import download_dir, upload_dir
 
     if not run_id:
@@ -158,4 +160,5 @@ def launch(
     summary = out / "summary.json"
     if not summary.is_file():
         raise JobError(f"PyTorchJob {name} succeeded but {stage}/run holds no summary.json")
+    stages.discard_scratch(stage)  # the inputs' copy and the mirrored run are fetched
     return json.loads(summary.read_text())

@@ -18,7 +18,8 @@ def pretrain(
     """With `checkpoint_url` (s3://...), the checkpoint goes to
     <checkpoint_url>/<pipeline run>/<method> after every epoch and a retry of this task (a fresh
     pod, same pipeline run) resumes from it instead of starting over. Methods and pipeline runs
-    never share a checkpoint, so one found there was trained with this task's parameters."""
+    never share a checkpoint, so one found there was trained with this task's parameters. It is
+    deleted once the task has its model."""
     import os
     import sys
     from pathlib import Path
@@ -42,6 +43,8 @@ def pretrain(
         on_epoch=(lambda _: stages.save_checkpoint(url, run)) if checkpoint_url else None,
     )
     (run / "checkpoint.pt").unlink(missing_ok=True)  # the run's scratch, not the model
+    if checkpoint_url:
+        stages.discard_scratch(url)  # complete: no retry will need it
     model.metadata.update({"method": method, "resumed": resumed})
     for key, value in stages.numeric(summary).items():
         metrics.log_metric(key, value)

@@ -60,6 +60,8 @@ def test_a_retry_resumes_from_the_uploaded_checkpoint(
     model, metrics = run_component(cfg, "supcon", prepared, tmp_path / "attempt2", base, run_id)
     assert model.metadata["resumed"] is True
     assert not (tmp_path / "attempt2" / "checkpoint.pt").exists()  # scratch, not the model
+    left = s3_env.client().list_objects_v2(Bucket=bucket, Prefix="ckpt/").get("Contents", [])
+    assert left == []  # complete: the checkpoint no retry needs is deleted
 
     # the reference: the same two epochs without interruption
     stages.pretrain(cfg, prepared, tmp_path / "whole", False)
@@ -75,15 +77,18 @@ def test_methods_and_runs_keep_their_checkpoints_apart(
 ):
     monkeypatch.setenv("EXCON_PARENT_RUN_ID", "")
     monkeypatch.setenv("EXCON_PIPELINE_RUN", "")  # restored after run_component sets it
-    cfg = tiny_config("train.epochs=1", "tracking.enabled=false")
-    base = f"s3://{bucket}/ckpt"
-    supcon, _ = run_component(cfg, "supcon", prepared, tmp_path / "s", base, "run-1")
+    cfg = tiny_config("method.name=supcon", "train.epochs=2", "tracking.enabled=false")
+    base, killed = f"s3://{bucket}/ckpt", tmp_path / "killed"
+
+    def upload_then_die(row):  # supcon of run-1 is killed after epoch 1
+        stages.save_checkpoint(f"{base}/run-1/supcon", killed)
+        raise Killed(f"killed after epoch {row['epoch']}")
+
+    with pytest.raises(Killed):
+        stages.pretrain(cfg, prepared, killed, False, on_epoch=upload_then_die)
+    # neither another method of that run nor that method in another run takes it
     ce, _ = run_component(cfg, "ce", prepared, tmp_path / "c", base, "run-1")
-    again, _ = run_component(cfg, "ce", prepared, tmp_path / "c2", base, "run-2")
-    assert [m.metadata["resumed"] for m in (supcon, ce, again)] == [False, False, False]
-    listed = s3_env.client().list_objects_v2(Bucket=bucket, Prefix="ckpt/")["Contents"]
-    assert sorted(o["Key"] for o in listed) == [
-        "ckpt/run-1/ce/checkpoint.pt",
-        "ckpt/run-1/supcon/checkpoint.pt",
-        "ckpt/run-2/ce/checkpoint.pt",
-    ]
+    other, _ = run_component(cfg, "supcon", prepared, tmp_path / "s2", base, "run-2")
+    retry, _ = run_component(cfg, "supcon", prepared, tmp_path / "s1", base, "run-1")
+    assert [m.metadata["resumed"] for m in (ce, other, retry)] == [False, False, True]
+    assert s3_env.client().list_objects_v2(Bucket=bucket, Prefix="ckpt/")["KeyCount"] == 0

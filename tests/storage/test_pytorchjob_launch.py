@@ -71,6 +71,8 @@ def test_launch_stages_runs_and_fetches(s3_env, bucket, prepared, tmp_path, monk
     summary = run_launch(api, prepared, tmp_path, bucket)
     assert summary == {"method": "excon", "val/top1": 0.5, "epochs": 2}
     assert (tmp_path / "model" / "model.json").is_file()
+    left = api.s3.list_objects_v2(Bucket=bucket, Prefix="stage/").get("Contents", [])
+    assert left == []  # the staged inputs and the mirrored run are deleted once fetched
     (job,) = api.created
     assert job["metadata"]["name"] == "excon-pretrain-excon-4abcdrun"
     for spec in job["spec"]["pytorchReplicaSpecs"].values():
@@ -88,6 +90,8 @@ def test_a_failed_job_is_one_line(s3_env, bucket, prepared, tmp_path, monkeypatc
     with pytest.raises(JobError, match="failed: pod master-0 OOMKilled"):
         run_launch(api, prepared, tmp_path, bucket)
     assert not (tmp_path / "model").exists()
+    kept = api.s3.list_objects_v2(Bucket=bucket, Prefix="stage/1234abcd-run/excon/params/")
+    assert kept["KeyCount"] == 1  # a failed job's inputs stay, to look into
 
 
 def test_a_job_that_never_ends_times_out(s3_env, bucket, prepared, tmp_path, monkeypatch):

@@ -196,3 +196,20 @@ def test_unreachable_endpoint_bounded_retries(s3_env, closed_port, tmp_path, cap
         storage.upload_file(tmp_path / "f.bin", "s3://bucket/f.bin", settings)
     assert time.monotonic() - start < 3
     assert sum("retrying" in r.getMessage() for r in caplog.records) == 2  # 3 attempts
+
+
+def test_delete_prefix_deletes_one_folder_in_batches(s3_env, bucket):
+    s3 = s3_env.client()
+    keep = ["runs/run-10/checkpoint.pt", "runs/run-1.txt", "other/x"]
+    gone = [f"runs/run-1/part-{i:04d}" for i in range(1001)]  # two DeleteObjects batches
+    for key in keep + gone:
+        s3.put_object(Bucket=bucket, Key=key, Body=b"x")
+    assert storage.delete_prefix(f"s3://{bucket}/runs/run-1/") == 1001
+    left = s3.list_objects_v2(Bucket=bucket).get("Contents", [])
+    assert sorted(o["Key"] for o in left) == sorted(keep)
+    assert storage.delete_prefix(f"s3://{bucket}/runs/run-1") == 0  # nothing left: no error
+
+
+def test_delete_prefix_refuses_a_whole_bucket(s3_env, bucket):
+    with pytest.raises(StorageError, match=f"refusing to delete everything in bucket {bucket}"):
+        storage.delete_prefix(f"s3://{bucket}/")
