@@ -93,21 +93,14 @@ def log_tail(log: Path, n: int = 40) -> str:
     return "\n".join(lines[-n:])
 
 
-@pytest.fixture(scope="session")
-def s3_server(tmp_path_factory) -> Iterator[S3Server]:
+@contextlib.contextmanager
+def weed_mini(root: Path, s3_config: Path, access_key: str, secret_key: str, *args: str):
+    """Run `weed mini` on free loopback ports with the identities file `s3_config` and any
+    further `args` (e.g. -bucket=...); yields the S3Server seen with (access_key, secret_key)
+    once it answers, and stops it (and everything it spawned) afterwards."""
     weed = weed_binary()
-    root = tmp_path_factory.mktemp("seaweedfs")
     for sub in ("data", "logs", "home"):
         (root / sub).mkdir()
-    # Per-session throwaway credentials; nothing here resembles a real key.
-    access_key, secret_key = f"test-{secrets.token_hex(8)}", secrets.token_hex(20)
-    identity = {
-        "name": "excon-test",
-        "credentials": [{"accessKey": access_key, "secretKey": secret_key}],
-        "actions": ["Admin", "Read", "Write", "List", "Tagging"],
-    }
-    (root / "s3.json").write_text(json.dumps({"identities": [identity]}))
-
     names = ["s3", "s3.grpc", "master", "master.grpc", "volume", "volume.grpc", "filer"]
     names += ["filer.grpc", "webdav"]
     ports = dict(zip(names, free_ports(len(names)), strict=True))
@@ -121,7 +114,7 @@ def s3_server(tmp_path_factory) -> Iterator[S3Server]:
         "-master.telemetry=false",  # on by default: would phone home
         "-admin.ui=false", "-webdav=false",
         "-s3.autoCreateBucket=false",  # behave like AWS: a missing bucket is an error
-        f"-s3.config={root / 's3.json'}",
+        f"-s3.config={s3_config}",
         f"-s3.port={ports['s3']}", f"-s3.port.grpc={ports['s3.grpc']}",
         "-s3.port.iceberg=0", "-s3.port.lance=0",  # 0 disables these catalog servers
         f"-master.port={ports['master']}", f"-master.port.grpc={ports['master.grpc']}",
@@ -131,9 +124,12 @@ def s3_server(tmp_path_factory) -> Iterator[S3Server]:
         f"-webdav.port={ports['webdav']}",  # disabled, but never the default either
         f"-filer.localSocket={root / 'filer.sock'}", f"-s3.localSocket={root / 's3.sock'}",
         "-volume.preStopSeconds=0",  # fast shutdown
+        *args,
     ]
     # fmt: on
     env = {**os.environ, "HOME": str(root / "home"), "TMPDIR": str(root)}
+    for var in [v for v in env if v.startswith("AWS_")]:  # weed would take them as an identity
+        del env[var]
     log = root / "weed.log"
     with open(log, "wb") as out:
         # Own process group, so teardown can stop it and anything it spawned in one signal.
@@ -151,6 +147,23 @@ def s3_server(tmp_path_factory) -> Iterator[S3Server]:
         for port in grpc_ports:
             for sock in Path("/tmp").glob(f"seaweedfs-*-grpc-{port}.sock"):
                 sock.unlink(missing_ok=True)
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory) -> Iterator[S3Server]:
+    root = tmp_path_factory.mktemp("seaweedfs")
+    # Per-session throwaway credentials; nothing here resembles a real key.
+    access_key, secret_key = f"test-{secrets.token_hex(8)}", secrets.token_hex(20)
+    identity = {
+        "name": "excon-test",
+        "credentials": [{"accessKey": access_key, "secretKey": secret_key}],
+        "actions": ["Admin", "Read", "Write", "List", "Tagging"],
+    }
+    (root / "s3.json").write_text(json.dumps({"identities": [identity]}))
+    try:
+        with weed_mini(root, root / "s3.json", access_key, secret_key) as server:
+            yield server
+    finally:
         shutil.rmtree(root, ignore_errors=True)
 
 
@@ -210,3 +223,9 @@ def bucket(s3_server) -> str:
     name = f"excon-test-{uuid.uuid4().hex[:12]}"
     s3_server.client().create_bucket(Bucket=name)
     return name
+
+
+@pytest.fixture(scope="session")
+def start_weed():
+    """weed_mini, for tests that need a server with identities of their own."""
+    return weed_mini
