@@ -12,10 +12,14 @@ from __future__ import annotations
 
 import os
 import warnings
+from collections.abc import Collection
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+
+# all_gather with autograd lives here; `import torch.distributed` alone does not load it
+import torch.distributed.nn.functional
 
 from excon.config import ConfigError
 
@@ -95,15 +99,33 @@ def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
     return torch.cat([part[:n] for part, n in zip(parts, counts, strict=True)])
 
 
-def mean_over_ranks(values: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Average per-rank statistics (losses are already global; accept rates are not)."""
+def reduce_over_ranks(
+    values: dict[str, torch.Tensor], summed: Collection[str] = ()
+) -> dict[str, torch.Tensor]:
+    """Per-rank statistics for the whole job: the mean over ranks (losses are already global,
+    accept rates are per-rank means of equal shards), except `summed` keys, counts, which add up."""
     if not active() or not values:
         return values
     keys = sorted(values)
     stacked = torch.stack([values[k].float() for k in keys])
     dist.all_reduce(stacked)
-    stacked /= dist.get_world_size()
-    return dict(zip(keys, stacked, strict=True))
+    world = dist.get_world_size()
+    return {k: v if k in summed else v / world for k, v in zip(keys, stacked, strict=True)}
+
+
+def check_same_on_all_ranks(value: int, what: str, device: torch.device) -> None:
+    """Raise on every rank when ranks disagree on `value` (e.g. the epoch they resume after):
+    carrying on would pair mismatched collectives and hang or train garbage."""
+    if not active():
+        return
+    values = [torch.zeros(1, dtype=torch.long, device=device) for _ in range(dist.get_world_size())]
+    dist.all_gather(values, torch.tensor([value], device=device))
+    seen = [int(v.item()) for v in values]
+    if len(set(seen)) > 1:
+        raise RuntimeError(
+            f"ranks disagree on {what}: {seen} (rank order); every process must see the same "
+            "checkpoint (rank 0's), so restore it on every node before starting"
+        )
 
 
 def per_rank_batch(global_batch: int, ctx: Context) -> int:

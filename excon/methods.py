@@ -168,6 +168,10 @@ def excon_step(
     return out
 
 
+# Step statistics that are counts (a job's total is the sum over ranks, not the mean).
+COUNT_STATS = frozenset({"backgrounds"})
+
+
 METHODS: dict[str, Method] = {
     "ce": Method("ce", ("ce",), ce_step, head_in_objective=True),
     "supcon": Method("supcon", ("random", "random"), supcon_step, head_in_objective=False),

@@ -25,7 +25,7 @@ from excon import artifacts, distributed
 from excon.config import Config, ConfigError
 from excon.data.prepared import load_prepared
 from excon.data.views import ViewDataset, make_loader
-from excon.methods import Method, StepContext, get_method
+from excon.methods import COUNT_STATS, Method, StepContext, get_method
 from excon.models import ExConNet
 from excon.perf import tune_cpu_allocator
 from excon.plots import save_saliency_grid, save_training_curves
@@ -195,7 +195,8 @@ def train_one_epoch(
             bar.set_postfix(loss=f"{stats['loss'].item():.3f}", img_s=f"{rate:.0f}")
     bar.close()
     elapsed = time.perf_counter() - start
-    sums = distributed.mean_over_ranks(sums)  # e.g. ExCon's accept rate, over all ranks
+    # the job's figures: e.g. ExCon's accept rate averaged, its background count summed
+    sums = distributed.reduce_over_ranks(sums, summed=COUNT_STATS)
     result = {f"train/{k}": (v / steps).item() for k, v in sums.items()}
     # every rank draws the same number of images: the job's rate is world_size times this one's
     result["train/images_per_s"] = images_seen * distributed.launched().world_size / elapsed
@@ -242,7 +243,7 @@ def train_head_one_epoch(
         loss_sum += loss.detach() * labels.shape[0]
         correct += (logits.argmax(1) == labels).sum()
         seen += labels.shape[0]
-    totals = distributed.mean_over_ranks({"loss": loss_sum / seen, "acc": correct.float() / seen})
+    totals = distributed.reduce_over_ranks({"loss": loss_sum / seen, "acc": correct.float() / seen})
     return {"head/loss": totals["loss"].item(), "head/acc": totals["acc"].item()}
 
 
@@ -352,6 +353,10 @@ def _obsolete_reasons(ckpt: dict[str, Any], cfg: Config, fingerprint: dict[str, 
     for part, label in (("data", "the prepared data"), ("code", "the excon code")):
         if saved.get(part) != fingerprint[part]:
             reasons.append(f"{label} changed since it was written")
+    if saved.get("world_size") != fingerprint["world_size"]:
+        reasons.append(
+            f"trained on {saved.get('world_size', '?')} processes, not {fingerprint['world_size']}"
+        )
     return reasons
 
 
@@ -449,7 +454,8 @@ def _pretrain(
 
     start_epoch, history = 0, []
     ckpt_path = run_dir / CHECKPOINT
-    fingerprint = run_fingerprint(Path(data_dir))
+    # a different number of processes shards, seeds and normalises (BatchNorm) differently
+    fingerprint = {**run_fingerprint(Path(data_dir)), "world_size": str(dist.world_size)}
     if ckpt_path.exists():
         if not resume:
             raise ResumeError(
@@ -475,6 +481,7 @@ def _pretrain(
             head_optimizer.load_state_dict(ckpt["head_optimizer"])
         start_epoch, history = ckpt["epoch"], ckpt["history"]
         print(f"resuming {run_dir} after epoch {start_epoch}", file=sys.stderr)
+    distributed.check_same_on_all_ranks(start_epoch, "the epoch to start from", device)
 
     gradcam, grid = None, None
     if method.uses_saliency:

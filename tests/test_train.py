@@ -167,6 +167,18 @@ def test_resume_refuses_changed_code_or_data_and_auto_starts_over(prepared, tiny
     assert fresh["fingerprint"]["code"] != "older code"
 
 
+def test_a_checkpoint_of_another_process_count_is_obsolete(prepared, tiny_config, tmp_path):
+    cfg = tiny_config("method.name=ce", "train.epochs=1")
+    run = tmp_path / "run"
+    pretrain(cfg, prepared, run)
+    ckpt = artifacts.load_checkpoint(run / train.CHECKPOINT)
+    assert ckpt["fingerprint"]["world_size"] == "1"
+    ckpt["fingerprint"]["world_size"] = "4"  # as if trained by a 4-GPU job
+    artifacts.save_checkpoint(run / train.CHECKPOINT, ckpt)
+    with pytest.raises(ResumeError, match="trained on 4 processes, not 1"):
+        pretrain(cfg, prepared, run, resume=True)
+
+
 def test_truncated_checkpoint_is_a_clear_error(prepared, tiny_config, tmp_path):
     cfg = tiny_config("method.name=ce", "train.epochs=1")
     pretrain(cfg, prepared, tmp_path / "run")

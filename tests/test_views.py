@@ -66,3 +66,25 @@ def test_bad_inputs():
         ViewDataset(np.zeros((2, 4, 4, 1), np.float32), np.zeros(2), ["standard"], [0], [1])
     with pytest.raises(ValueError, match="unknown view kind"):
         build_transform("mixup", (4, 4), [0], [1], 1)
+
+
+class _WorkerDraw(torch.utils.data.Dataset):
+    """What a loader worker's augmentations would draw for each item."""
+
+    def __len__(self) -> int:
+        return 8
+
+    def __getitem__(self, i: int) -> float:
+        return torch.rand(()).item()
+
+
+def test_loader_workers_of_different_ranks_draw_different_augmentations():
+    draws = [
+        torch.cat(
+            list(make_loader(_WorkerDraw(), 2, train=True, num_workers=1, rank=r, world_size=2))
+        )
+        for r in (0, 1)
+    ]
+    assert not torch.allclose(draws[0], draws[1])
+    again = make_loader(_WorkerDraw(), 2, train=True, num_workers=1, rank=1, world_size=2)
+    assert torch.equal(torch.cat(list(again)), draws[1])  # still a function of (seed, epoch, rank)

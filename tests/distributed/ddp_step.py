@@ -14,7 +14,7 @@ from torch import nn
 
 from excon import distributed
 from excon.config import load_config
-from excon.methods import StepContext, get_method
+from excon.methods import COUNT_STATS, StepContext, get_method
 from excon.models import ExConNet
 from excon.saliency import GradCam, default_layer
 from excon.train import StepModule, trained_modules
@@ -45,10 +45,8 @@ def main(method_name: str, out: str) -> None:
     ctx = StepContext(cfg.method, epoch=0, num_classes=CLASSES, gradcam=gradcam)
     loss, stats = step([v[shard] for v in views], labels[shard], ctx)
     loss.backward()
-    backgrounds = (
-        distributed.mean_over_ranks({"n": stats.get("backgrounds", torch.zeros(()))})["n"]
-        * dist.world_size
-    )
+    counts = {"backgrounds": stats.get("backgrounds", torch.zeros(()))}
+    backgrounds = distributed.reduce_over_ranks(counts, summed=COUNT_STATS)["backgrounds"]
     if dist.is_main:
         grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
         torch.save({"loss": loss.detach(), "grads": grads, "backgrounds": backgrounds}, out)

@@ -146,3 +146,18 @@ def test_excon_pretrain_cli_under_torchrun(prepared, tmp_path):
     summary = json.loads((run / "summary.json").read_text())
     assert summary["epochs"] == 1 and 0 <= summary["val/top1"] <= 1
     assert 0 <= summary["train/accept_rate"] <= 1  # averaged over the ranks
+
+
+def test_ranks_that_would_resume_from_different_epochs_stop_with_a_clear_error(tmp_path):
+    """Each pod of a multi-node job has its own run directory: if one saw another checkpoint
+    than rank 0, it would pair the wrong collectives; every rank must refuse instead."""
+    script = tmp_path / "disagree.py"
+    script.write_text(
+        "import torch\n"
+        "from excon import distributed\n"
+        "ctx, device = distributed.setup(torch.device('cpu'))\n"
+        "distributed.check_same_on_all_ranks(ctx.rank * 3, 'the epoch to start from', device)\n"
+    )
+    out = torchrun(2, str(script), check=False)
+    assert out.returncode != 0
+    assert "ranks disagree on the epoch to start from: [0, 3]" in out.stderr
