@@ -104,7 +104,8 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     from excon.train import resolve_device
 
     cfg = _config(args, [f"method.name={args.method}"] if args.method else [])
-    preflight(cfg)
+    if distributed.launched().is_main:  # only rank 0 tracks (concurrent set_experiment races)
+        preflight(cfg)
     storage_preflight(cfg)
     out = run_dir(cfg, args.run_dir)
     # Under torchrun every rank runs this command: join the job first, so that only rank 0
@@ -113,9 +114,19 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     try:
         if args.fresh and job.is_main:
             _remove_run(out)
+        # One download per node; the remote copy wins over a local one, so that the pods of a
+        # multi-node job all start from rank 0's last upload (the ranks must agree).
+        restore = args.checkpoint_url and not args.fresh and job.local_rank == 0
+        if restore and stages.restore_checkpoint(args.checkpoint_url, out):
+            print(f"restored {args.checkpoint_url}/checkpoint.pt", file=sys.stderr)
         distributed.barrier()
         resume = "auto" if args.resume_compatible else args.resume
-        summary = stages.pretrain(cfg, data_dir(cfg, args.data), out, resume)
+
+        def upload(_row: dict) -> None:  # on rank 0, once its checkpoint of the epoch is written
+            stages.save_checkpoint(args.checkpoint_url, out)
+
+        on_epoch = upload if args.checkpoint_url else None
+        summary = stages.pretrain(cfg, data_dir(cfg, args.data), out, resume, on_epoch)
         if job.is_main:
             mirror(cfg, out)
             print(f"trained {cfg.method.name} -> {out}: val/top1 {summary['val/top1']:.4f}")
@@ -293,6 +304,11 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="resume when the checkpoint has the same training parameters, else start over "
         "(what dvc.yaml runs)",
+    )
+    p.add_argument(
+        "--checkpoint-url",
+        help="s3://bucket/prefix: upload checkpoint.pt there after every epoch, and start by "
+        "fetching it when present (a preempted pod or a multi-node job resumes from it)",
     )
 
     p = stage("probe", cmd_probe, "linear probe on the frozen encoder; writes metrics.json")

@@ -102,6 +102,31 @@ def wait(api: Any, name: str, namespace: str, timeout_s: float, poll_s: float = 
         time.sleep(poll_s)
 
 
+def create_or_adopt(api: Any, job: dict, base: str, namespace: str, attempts: int = 10) -> str:
+    """Create the job as <base>-0, or, when a retried task finds its predecessor's job there,
+    wait on that one (running or succeeded) rather than fail with AlreadyExists; after a failed
+    one, create <base>-1 (and so on), which resumes from the staged checkpoint. Returns the
+    name of the job to wait on."""
+    for attempt in range(attempts):
+        name = f"{base}-{attempt}"
+        job["metadata"]["name"] = name
+        try:
+            api.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, job)
+        except Exception as e:
+            if getattr(e, "status", None) != 409:  # kubernetes ApiException: AlreadyExists
+                first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+                raise JobError(f"could not create PyTorchJob {namespace}/{name}: {first}") from None
+            existing = api.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
+            if job_state(existing) == "Failed":
+                print(f"[pytorchjob] {namespace}/{name}: failed before", file=sys.stderr)
+                continue
+            print(f"[pytorchjob] {namespace}/{name}: exists, waiting", file=sys.stderr, flush=True)
+            return name
+        print(f"[pytorchjob] {namespace}/{name}: created, waiting", file=sys.stderr, flush=True)
+        return name
+    raise JobError(f"PyTorchJob {namespace}/{base}: {attempts} attempts failed; giving up")
+
+
 def launch(
     job: dict,
     config_text: str,
@@ -134,10 +159,6 @@ def launch(
         (Path(tmp) / "params.yaml").write_text(config_text)
         upload_dir(tmp, f"{stage}/params")
     job = copy.deepcopy(job)
-    # a DNS label: excon-pretrain-<method>-<first 8 of the run name>
-    tag = "".join(c for c in run_id.lower() if c.isalnum())[-8:]
-    name = f"excon-pretrain-{method}-{tag}"
-    job["metadata"]["name"] = name
     _set_env(
         job,
         {"EXCON_STAGE_URL": stage, "EXCON_METHOD": method, "EXCON_PIPELINE_RUN": run_id},
@@ -149,12 +170,9 @@ def launch(
         config.load_incluster_config()
         api = client.CustomObjectsApi()
     namespace = namespace or NAMESPACE_FILE.read_text().strip()
-    try:
-        api.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, job)
-    except Exception as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise JobError(f"could not create PyTorchJob {namespace}/{name}: {first}") from None
-    print(f"[pytorchjob] {namespace}/{name}: created, waiting", file=sys.stderr, flush=True)
+    # a DNS label: excon-pretrain-<method>-<last 8 of the run name>-<attempt>
+    tag = "".join(c for c in run_id.lower() if c.isalnum())[-8:]
+    name = create_or_adopt(api, job, f"excon-pretrain-{method}-{tag}", namespace)
     wait(api, name, namespace, timeout_s)
     download_dir(f"{stage}/run", out)
     summary = out / "summary.json"

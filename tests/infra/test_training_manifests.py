@@ -33,7 +33,9 @@ def test_rendered_job_shape(nodes, gpus):
         (container,) = template["spec"]["containers"]
         assert container["name"] == "pytorch", role  # the name the operator looks for
         assert container["image"] == "registry.test/excon:1"
-        assert "torchrun -m excon.cli pretrain" in container["args"][0]
+        script = container["args"][0]  # run for real in tests/storage/test_pytorchjob_pod.py
+        assert "-m excon.cli pretrain" in script and script.startswith("mkdir -p /tmp/work")
+        assert "--resume-compatible" in script and "--checkpoint-url" in script
         for key in ("requests", "limits"):
             assert container["resources"][key]["nvidia.com/gpu"] == gpus
 

@@ -12,16 +12,25 @@ from excon.storage import upload_dir
 from pipelines.pytorchjob import JobError, launch, render
 
 
+class Conflict(Exception):
+    """What kubernetes' ApiException carries for AlreadyExists."""
+
+    status = 409
+
+
 class Operator:
     """CustomObjectsApi's two calls the launcher makes, answered like the Training Operator."""
 
-    def __init__(self, s3, bucket, tmp, outcome="Succeeded"):
+    def __init__(self, s3, bucket, tmp, outcome="Succeeded", existing=None):
         self.s3, self.bucket, self.tmp, self.outcome = s3, bucket, tmp, outcome
+        self.existing = existing or {}  # name -> state of jobs an earlier attempt left
         self.created: list[dict] = []
         self.polls = 0
 
     def create_namespaced_custom_object(self, group, version, namespace, plural, body):
         assert (group, version, plural) == ("kubeflow.org", "v1", "pytorchjobs")
+        if body["metadata"]["name"] in self.existing:
+            raise Conflict()
         self.created.append(body)
         env = {e["name"]: e["value"] for e in self._container(body)["env"]}
         stage = env["EXCON_STAGE_URL"].removeprefix(f"s3://{self.bucket}/")
@@ -37,6 +46,8 @@ class Operator:
             upload_dir(run, f"{env['EXCON_STAGE_URL']}/run")
 
     def get_namespaced_custom_object(self, group, version, namespace, plural, name):
+        if self.existing.get(name) == "Failed":
+            return {"status": {"conditions": [{"type": "Failed", "status": "True"}]}}
         self.polls += 1
         running = {"type": "Running", "status": "True"}
         done = {"type": self.outcome, "status": "True", "message": "pod master-0 OOMKilled"}
@@ -74,7 +85,7 @@ def test_launch_stages_runs_and_fetches(s3_env, bucket, prepared, tmp_path, monk
     left = api.s3.list_objects_v2(Bucket=bucket, Prefix="stage/").get("Contents", [])
     assert left == []  # the staged inputs and the mirrored run are deleted once fetched
     (job,) = api.created
-    assert job["metadata"]["name"] == "excon-pretrain-excon-4abcdrun"
+    assert job["metadata"]["name"] == "excon-pretrain-excon-4abcdrun-0"
     for spec in job["spec"]["pytorchReplicaSpecs"].values():
         pod = spec["template"]["spec"]
         env = {e["name"]: e["value"] for e in pod["containers"][0]["env"]}
@@ -100,3 +111,24 @@ def test_a_job_that_never_ends_times_out(s3_env, bucket, prepared, tmp_path, mon
     api.get_namespaced_custom_object = lambda *a: {"status": {"conditions": []}}
     with pytest.raises(JobError, match="still running after 0 s"):
         run_launch(api, prepared, tmp_path, bucket, timeout_s=0)
+
+
+def test_a_retried_task_adopts_its_predecessors_job(
+    s3_env, bucket, prepared, tmp_path, monkeypatch
+):
+    monkeypatch.setattr("pipelines.pytorchjob.time.sleep", lambda s: None)
+    running = {"excon-pretrain-excon-4abcdrun-0": "Running"}
+    api = Operator(s3_env.client(), bucket, tmp_path, outcome="Failed", existing=running)
+    with pytest.raises(JobError, match="excon-pretrain-excon-4abcdrun-0 failed"):
+        run_launch(api, prepared, tmp_path, bucket)  # waited on the running one: no new job
+    assert api.created == []
+
+
+def test_after_a_failed_job_a_retry_creates_the_next_one(
+    s3_env, bucket, prepared, tmp_path, monkeypatch
+):
+    monkeypatch.setattr("pipelines.pytorchjob.time.sleep", lambda s: None)
+    failed = {"excon-pretrain-excon-4abcdrun-0": "Failed"}
+    api = Operator(s3_env.client(), bucket, tmp_path, existing=failed)
+    assert run_launch(api, prepared, tmp_path, bucket)["method"] == "excon"
+    assert [j["metadata"]["name"] for j in api.created] == ["excon-pretrain-excon-4abcdrun-1"]
