@@ -25,13 +25,14 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 "$PY" -c "import torch; print('torch', torch.__version__, 'CUDA', torch.version.cuda, torch.cuda.get_device_name())"
 
 echo "== training throughput (ResNet-18, 32 px, batch 256, 8 loader workers)"
-timeout 330 "$PY" benchmarks/train_throughput.py --device cuda --batch 256 --steps 30 \
-  --workers 8 | tee "$RESULTS/throughput.txt"
+# Each step is bounded (240 + 120 + 90 s < 8 min in all) and a failed one does not skip the next.
+timeout 240 "$PY" benchmarks/train_throughput.py --device cuda --batch 256 --steps 30 \
+  --workers 8 | tee "$RESULTS/throughput.txt" || echo "FAILED (exit $?): throughput"
 
 echo "== the same, views made per batch on the GPU (train.augment: device)"
-timeout 150 "$PY" benchmarks/train_throughput.py --device cuda --batch 256 --steps 30 \
-  --augment device | tee "$RESULTS/throughput_device.txt"
+timeout 120 "$PY" benchmarks/train_throughput.py --device cuda --batch 256 --steps 30 \
+  --augment device | tee "$RESULTS/throughput_device.txt" || echo "FAILED (exit $?): device views"
 
 echo "== step time, data on the GPU (ResNet-18, 32 px, batch 256)"
-timeout 120 "$PY" benchmarks/step_time.py --device cuda --batch 256 --rounds 10 \
-  | tee "$RESULTS/step_time.txt"
+timeout 90 "$PY" benchmarks/step_time.py --device cuda --batch 256 --rounds 10 \
+  | tee "$RESULTS/step_time.txt" || echo "FAILED (exit $?): step time"

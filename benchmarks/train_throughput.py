@@ -18,9 +18,9 @@ Prints one JSON line with every figure, then a short summary.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import time
+from collections.abc import Iterator
 
 import numpy as np
 import torch
@@ -70,6 +70,21 @@ def setup(method_name: str, args: argparse.Namespace, device: torch.device) -> d
     gradcam = GradCam(model, default_layer("resnet18", args.size)) if method.uses_saliency else None
     ctx = StepContext(cfg.method, 0, args.classes, gradcam)
     return {"cfg": cfg, "method": method, "model": model, "optimizer": optimizer, "ctx": ctx}
+
+
+class Batches:
+    """The next `n` batches of one shared iterator: warm-up and timed steps draw from the same
+    loader, so worker start-up and the first batch's latency fall in the warm-up."""
+
+    def __init__(self, iterator: Iterator, n: int) -> None:
+        self.iterator, self.n = iterator, n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self) -> Iterator:
+        for _ in range(self.n):
+            yield next(self.iterator)
 
 
 def loader_for(
@@ -152,13 +167,12 @@ def main() -> None:
         run = setup(name, args, device)
         cfg, method = run["cfg"], run["method"]
         model, ctx, optimizer = run["model"], run["ctx"], run["optimizer"]
+        batches = iter(loader_for(method.views, data, args, device, 1))
         if args.warmup_steps:  # allocator, cuDNN autotuning, loader start-up: not timed
-            capped = dataclasses.replace(cfg.train, max_steps_per_epoch=args.warmup_steps)
-            warm_cfg = dataclasses.replace(cfg, train=capped)
-            warm = loader_for(method.views, data, args, device, 0)
-            train_one_epoch(model, method, warm_cfg, ctx, optimizer, warm, device, 0)
-        loader = loader_for(method.views, data, args, device, 1)
-        timed = train_one_epoch(model, method, cfg, ctx, optimizer, loader, device, 1)
+            warm = Batches(batches, args.warmup_steps)
+            train_one_epoch(model, method, cfg, ctx, optimizer, warm, device, 1)
+        timed = Batches(batches, args.steps)  # train_one_epoch syncs the GPU before its clock
+        timed = train_one_epoch(model, method, cfg, ctx, optimizer, timed, device, 1)
         rates[name] = timed["train/images_per_s"]
         flops[name] = step_flops(run, data, args, device) / args.batch
         if name == "supcon":  # the reference's head epoch after each encoder epoch

@@ -194,6 +194,8 @@ def train_one_epoch(
             rate = images_seen / (time.perf_counter() - start)
             bar.set_postfix(loss=f"{stats['loss'].item():.3f}", img_s=f"{rate:.0f}")
     bar.close()
+    if device.type == "cuda":  # the rate counts the GPU's work, not just what was queued
+        torch.cuda.synchronize(device)
     elapsed = time.perf_counter() - start
     # the job's figures: e.g. ExCon's accept rate averaged, its background count summed
     sums = distributed.reduce_over_ranks(sums, summed=COUNT_STATS)
