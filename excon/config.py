@@ -109,6 +109,10 @@ class EvalConfig:
     batch_size: int = 256
     seed: int = 0
     n_bins: int = 10  # ECE bins, equal width (the reference's)
+    # The classifier every part scores: "probe" = the linear probe selected on val (default; the
+    # same footing for every method), "online" = the head co-trained with the encoder (the
+    # reference's eval.py loads the checkpoint's classifier).
+    head: Literal["probe", "online"] = "probe"
     # Adversarial robustness (L-inf, eps in /255 of [0, 1] pixels)
     eps: list[float] = field(default_factory=lambda: [1.0, 2.0, 4.0, 8.0])
     pgd_steps: int = 10

@@ -45,6 +45,7 @@ STAGE_PARAMS: dict[str, list[str]] = {
     "evaluate_calibration": [
         "eval.batch_size",
         "eval.seed",
+        "eval.head",
         "eval.n_bins",
         "eval.corruptions",
         "eval.extra_corruptions",
@@ -55,6 +56,7 @@ STAGE_PARAMS: dict[str, list[str]] = {
     "evaluate_robustness": [
         "eval.batch_size",
         "eval.seed",
+        "eval.head",
         "eval.n_bins",
         "eval.eps",
         "eval.pgd_steps",
@@ -63,6 +65,7 @@ STAGE_PARAMS: dict[str, list[str]] = {
     "evaluate_explanations": [
         "eval.batch_size",
         "eval.seed",
+        "eval.head",
         "eval.expl_images",
         "eval.top_frac",
         "eval.deletion_steps",

@@ -93,7 +93,7 @@ def test_every_stage_runs(study):
             for m in ("ce", "supcon", "excon")
         ),
     }
-    assert "| probe top-1 ↑ |" in (repo / "runs/animals/report/report.md").read_text()
+    assert "| top-1 ↑ |" in (repo / "runs/animals/report/report.md").read_text()
 
 
 def test_registered_champion_explains_an_image(study):

@@ -18,8 +18,8 @@ EVAL_METRICS = "metrics.json"
 
 # (key, column title, +1 if higher is better / -1 if lower is better)
 HEADLINE: list[tuple[str, str, int]] = [
-    ("test/top1", "probe top-1", +1),
-    ("test/top5", "probe top-5", +1),
+    ("test/top1", "top-1", +1),  # of the scored classifier (eval.head), named above the table
+    ("test/top5", "top-5", +1),
     ("online/top1", "online head top-1", +1),
     ("calib/ece", "ECE", -1),
     ("calib/nll", "NLL", -1),
@@ -38,6 +38,10 @@ HEADLINE: list[tuple[str, str, int]] = [
     ("expl/energy_pointing_game", "energy PG", +1),
 ]
 METHOD_ORDER = ("ce", "supcon", "excon")
+HEADS = {
+    "probe": "the linear probe, selected on val",
+    "online": "the head co-trained with the encoder (the reference's)",
+}
 
 
 def load_eval_metrics(run_dir: Path, parts: tuple[str, ...] = PARTS) -> dict:
@@ -115,9 +119,14 @@ def _curve(summary: dict, method: str, pattern: str) -> list[tuple[float, float]
 def report(run_dirs: list[Path], out_dir: Path) -> dict:
     """Write report.md, report.json and comparison plots to out_dir; return the summary."""
     out_dir = Path(out_dir)
-    summary = summarise(load_runs(run_dirs))
+    runs = load_runs(run_dirs)
+    summary = summarise(runs)
     table = markdown_table(summary)
-    artifacts.write_text(out_dir / "report.md", "# excon: methods compared\n\n" + table + "\n")
+    heads = sorted({HEADS[r.get("head", "probe")] for r in runs})
+    scored = f"Scored classifier (`eval.head`): {', '.join(heads)}.\n\n"
+    artifacts.write_text(
+        out_dir / "report.md", "# excon: methods compared\n\n" + scored + table + "\n"
+    )
     artifacts.write_json(
         out_dir / "report.json",
         {

@@ -1,9 +1,11 @@
 """`excon evaluate`: the paper's four claims measured for one trained model.
 
 The evaluated classifier is encoder + the val-selected linear probe (`probe_head.safetensors`),
-the same for every method; the online head's accuracy is reported beside it. Everything runs
-on the test split, once, in eval mode. Three parts, each its own DAG stage: `calibration` (accuracy,
-calibration clean and under shift), `robustness` (FGSM/PGD) and `explanations` (Grad-CAM quality).
+the same for every method, and the online head's accuracy is reported beside it; with
+`eval.head: online`, as the reference, every part scores the head co-trained with the encoder.
+Everything runs on the test split, once, in eval mode. Three parts, each its own DAG stage:
+`calibration` (accuracy, calibration clean and under shift), `robustness` (FGSM/PGD) and
+`explanations` (Grad-CAM quality).
 Part P writes `<run>/eval/P/`: metrics.json (flat keys, see README), CSVs for `dvc plots`, PNGs.
 """
 
@@ -182,9 +184,14 @@ def evaluate(
     model, meta = artifacts.load_model(run_dir, device)
     model.eval()
     online_head = model.classifier
-    model.classifier = load_probe_head(run_dir, device)
+    if cfg.eval.head == "probe":
+        model.classifier = load_probe_head(run_dir, device)
     data = load_prepared(Path(data_dir))
-    ident: dict = {"method": meta.get("method", "unknown"), "dataset": meta.get("dataset")}
+    ident: dict = {
+        "method": meta.get("method", "unknown"),
+        "dataset": meta.get("dataset"),
+        "head": cfg.eval.head,
+    }
     ckpt_seed = _train_seed(run_dir)
     if ckpt_seed is not None:
         ident["seed"] = ckpt_seed

@@ -32,7 +32,7 @@ def test_reports_the_complete_methods(make_config, evaluations, output):
     assert (summary / "report.json").is_file()
     assert "| metric | excon (n=1) |" in table and "supcon" not in table
     top1 = evaluations["calibration"][1].metadata["test/top1"]
-    assert f"| probe top-1 ↑ | {top1:.4f} |" in table
+    assert f"| top-1 ↑ | {top1:.4f} |" in table
     assert "| PGD-4 acc ↑ |" in table and "| avg drop ↓ |" in table  # all three parts merged
     pngs = sorted(summary.glob("*.png"))
     html = Path(out["plots"].path).read_text()

@@ -31,7 +31,7 @@ def test_report_on_two_fake_runs(tmp_path):
     assert mean == pytest.approx(0.82) and std == pytest.approx(0.028284, abs=1e-6) and n == 2
     assert "seed" not in summary["supcon"]
     table = (tmp_path / "report" / "report.md").read_text()
-    assert "| probe top-1 ↑ | 0.8200 ± 0.0283 | **0.8500** |" in table
+    assert "| top-1 ↑ | 0.8200 ± 0.0283 | **0.8500** |" in table
     assert "| ECE ↓ | **0.0800 ± 0.0283** | 0.0900 |" in table
     assert "| PGD-4 acc ↑ | 0.2500 ± 0.0707 | – |" in table  # missing for excon
     on_disk = json.loads((tmp_path / "report" / "report.json").read_text())

@@ -114,3 +114,21 @@ def test_subset_is_fixed_and_sorted():
     assert list(a) == sorted(a) and len(set(a)) == 10
     assert (a == subset(100, 10, seed=3)).all()
     assert len(subset(5, None, 0)) == 5 and len(subset(5, 50, 0)) == 5
+
+
+def test_online_head_mode_scores_the_co_trained_head(prepared, tiny_config, tmp_path, monkeypatch):
+    """eval.head=online (the reference's eval.py): every part scores the checkpoint's own
+    classifier, so the headline accuracy is the online head's, and no probe is needed."""
+    monkeypatch.chdir(tmp_path)
+    cfg = tiny_config("method.name=supcon", "train.epochs=1", "eval.head=online", *EVAL)
+    run = tmp_path / "run"
+    pretrain(cfg, prepared, run)
+    assert not (run / "probe_head.safetensors").exists()
+    metrics = evaluate(cfg, prepared, run, ["calibration", "robustness"])
+    assert metrics["head"] == "online"
+    assert metrics["test/top1"] == metrics["online/top1"]
+    # eps 0 is the clean accuracy of the attacked subset, under the same head
+    probed = tiny_config("method.name=supcon", "train.epochs=1", *EVAL)
+    probe(probed, prepared, run)
+    by_probe = evaluate(probed, prepared, run, ["calibration"])
+    assert by_probe["head"] == "probe" and by_probe["online/top1"] == metrics["online/top1"]

@@ -74,7 +74,7 @@ def test_artifacts_are_the_stage_outputs(local_run):
     assert adv["method"] == "excon" and "adv/pgd/eps4/acc" in adv
     assert "data:image/png;base64," in (run / "report" / "plots").read_text()
     table = (run / "report" / "table").read_text()
-    assert "probe top-1" in table and all(m in table for m in ("ce (n=1)", "supcon", "excon"))
+    assert "top-1 ↑" in table and all(m in table for m in ("ce (n=1)", "supcon", "excon"))
 
 
 def test_registry_and_parent_run(local_run):
