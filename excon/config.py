@@ -90,6 +90,9 @@ class TrainConfig:
     # Where views are made: "loader" = per image in DataLoader workers (torchvision, as the
     # reference); "device" = whole batches on the training device (kornia): fast on a GPU.
     augment: Literal["loader", "device"] = "loader"
+    # Crop + flip for the images a classifier trains on (the ce method, the head epoch); the
+    # reference trains them on plain standard views on Tiny ImageNet (main_ce.set_loader).
+    classifier_augment: bool = True
     # torch.compile the encoder (dynamic shapes: ExCon's batch grows with its backgrounds). The
     # first steps pay the compilation (about a minute); worth it for long GPU runs.
     compile: bool = False

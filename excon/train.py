@@ -333,6 +333,13 @@ def changed_parameters(saved: dict[str, Any], cfg: Config) -> list[str]:
     ]
 
 
+def view_kinds(method: Method, cfg: Config) -> tuple[list[str], list[str]]:
+    """The view kinds of the method's batches and of the head epoch's. A classifier's images
+    (kind "ce") become plain "standard" views when train.classifier_augment is off."""
+    kind = "ce" if cfg.train.classifier_augment else "standard"
+    return [kind if v == "ce" else v for v in method.views], [kind]
+
+
 def run_fingerprint(data_dir: Path) -> dict[str, str]:
     """What else a resumed run must share with its checkpoint: the prepared data (its
     manifest lists every file's sha256) and the excon source code."""
@@ -516,21 +523,22 @@ def _pretrain(
         stepper = DDP(stepper, device_ids=ids)
         if head_optimizer is not None:
             head = DDP(model.classifier, device_ids=ids)
+    views, head_views = view_kinds(method, cfg)
     if cfg.train.augment == "device":  # whole batches augmented on the device (kornia)
         from excon.data.device_views import DeviceBatches
 
         train_dev = DeviceBatches(
-            train_split.images, train_split.labels, method.views, data.mean, data.std, device
+            train_split.images, train_split.labels, views, data.mean, data.std, device
         )
         head_dev = DeviceBatches(
-            train_split.images, train_split.labels, ["ce"], data.mean, data.std, device
+            train_split.images, train_split.labels, head_views, data.mean, data.std, device
         )
         train_ds = head_ds = None
     else:  # per image in the DataLoader (workers), as the reference
-        train_ds = ViewDataset(
-            train_split.images, train_split.labels, method.views, data.mean, data.std
+        train_ds = ViewDataset(train_split.images, train_split.labels, views, data.mean, data.std)
+        head_ds = ViewDataset(
+            train_split.images, train_split.labels, head_views, data.mean, data.std
         )
-        head_ds = ViewDataset(train_split.images, train_split.labels, ["ce"], data.mean, data.std)
 
     def epoch_batches(which: str, epoch: int) -> Any:
         if cfg.train.augment == "device":

@@ -40,6 +40,7 @@ STAGE_PARAMS: dict[str, list[str]] = {
         "train.max_steps_per_epoch",
         "train.sync_bn",
         "train.augment",
+        "train.classifier_augment",
     ],
     "probe": ["probe", "train.seed"],
     "evaluate_calibration": [

@@ -6,6 +6,7 @@ from safetensors.torch import load_file
 
 from excon import artifacts, train
 from excon.config import ConfigError
+from excon.methods import get_method
 from excon.train import ResumeError, epoch_lr, pretrain
 
 
@@ -202,3 +203,23 @@ def test_compiled_encoder_trains_like_the_eager_one(prepared, tiny_config, tmp_p
     assert a.keys() == b.keys()
     with pytest.raises(ConfigError, match=r"train\.compile is not available for excon"):
         pretrain(tiny_config("method.name=excon", "train.compile=true"), prepared, tmp_path / "x")
+
+
+def test_classifier_augment_off_gives_the_classifier_standard_views(
+    prepared, tiny_config, tmp_path
+):
+    on = tiny_config("method.name=ce")
+    off = tiny_config("method.name=ce", "train.classifier_augment=false")
+    assert train.view_kinds(get_method("ce"), on) == (["ce"], ["ce"])
+    assert train.view_kinds(get_method("ce"), off) == (["standard"], ["standard"])
+    # the contrastive views are the reference's whatever the setting; only the head's change
+    assert train.view_kinds(get_method("excon"), off) == (
+        ["standard", "random", "random"],
+        ["standard"],
+    )
+    summary = pretrain(
+        tiny_config("method.name=supcon", "train.epochs=1", "train.classifier_augment=false"),
+        prepared,
+        tmp_path / "run",
+    )
+    assert summary["epochs"] == 1
