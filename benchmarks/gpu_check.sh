@@ -24,15 +24,17 @@ mkdir -p "$RESULTS"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 "$PY" -c "import torch; print('torch', torch.__version__, 'CUDA', torch.version.cuda, torch.cuda.get_device_name())"
 
+failed=0
 echo "== training throughput (ResNet-18, 32 px, batch 256, 8 loader workers)"
 # Each step is bounded (240 + 120 + 90 s < 8 min in all) and a failed one does not skip the next.
 timeout 240 "$PY" benchmarks/train_throughput.py --device cuda --batch 256 --steps 30 \
-  --workers 8 | tee "$RESULTS/throughput.txt" || echo "FAILED (exit $?): throughput"
+  --workers 8 | tee "$RESULTS/throughput.txt" || { echo "FAILED (exit $?): throughput"; failed=$((failed + 1)); }
 
 echo "== the same, views made per batch on the GPU (train.augment: device)"
 timeout 120 "$PY" benchmarks/train_throughput.py --device cuda --batch 256 --steps 30 \
-  --augment device | tee "$RESULTS/throughput_device.txt" || echo "FAILED (exit $?): device views"
+  --augment device | tee "$RESULTS/throughput_device.txt" || { echo "FAILED (exit $?): device views"; failed=$((failed + 1)); }
 
 echo "== step time, data on the GPU (ResNet-18, 32 px, batch 256)"
 timeout 90 "$PY" benchmarks/step_time.py --device cuda --batch 256 --rounds 10 \
-  | tee "$RESULTS/step_time.txt" || echo "FAILED (exit $?): step time"
+  | tee "$RESULTS/step_time.txt" || { echo "FAILED (exit $?): step time"; failed=$((failed + 1)); }
+[ "$failed" -eq 0 ] || { echo "$failed step(s) failed"; exit 1; }

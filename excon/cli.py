@@ -114,6 +114,10 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     try:
         if args.fresh and job.is_main:
             _remove_run(out)
+            if args.checkpoint_url:  # else a later run would restore the discarded one
+                from excon.storage import delete_file
+
+                delete_file(f"{args.checkpoint_url.rstrip('/')}/checkpoint.pt")
         # One download per node; the remote copy wins over a local one, so that the pods of a
         # multi-node job all start from rank 0's last upload (the ranks must agree).
         restore = args.checkpoint_url and not args.fresh and job.local_rank == 0
@@ -308,7 +312,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--checkpoint-url",
         help="s3://bucket/prefix: upload checkpoint.pt there after every epoch, and start by "
-        "fetching it when present (a preempted pod or a multi-node job resumes from it)",
+        "fetching it when present, so that with --resume or --resume-compatible a preempted pod "
+        "or a multi-node job resumes from it (--fresh deletes it)",
     )
 
     p = stage("probe", cmd_probe, "linear probe on the frozen encoder; writes metrics.json")

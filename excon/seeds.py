@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 # Fixed ids, never renumbered: changing one changes every result seeded through it.
-STREAMS = {"init": 0, "shuffle": 1, "augment": 2, "probe_init": 3, "probe_order": 4}
+STREAMS = {"init": 0, "shuffle": 1, "augment": 2, "probe_init": 3, "probe_order": 4, "workers": 5}
 
 
 def stream_seed(seed: int, stream: str, *keys: int) -> int:

@@ -311,6 +311,16 @@ def download_file(url: str, path: str | Path, settings: S3Settings | None = None
     return digest
 
 
+def delete_file(url: str, settings: S3Settings | None = None) -> None:
+    """Delete `s3://bucket/key` (no error when it is already gone)."""
+    bucket, key = parse_s3_url(url)
+    if not key:
+        raise StorageError(f"{url} names no object key")
+    store = _Store(settings)
+    store.call(lambda: store.s3.delete_object(Bucket=bucket, Key=key), bucket)
+    log.info("deleted %s", url)
+
+
 def delete_prefix(url: str, settings: S3Settings | None = None) -> int:
     """Delete every object under `url/` (a folder, never a whole bucket); returns how many.
     `s3://b/run-1` deletes run-1/... but not run-10/...."""

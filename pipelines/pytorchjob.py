@@ -102,11 +102,20 @@ def wait(api: Any, name: str, namespace: str, timeout_s: float, poll_s: float = 
         time.sleep(poll_s)
 
 
+def _stage_of(job: dict) -> str:
+    env = job["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]["containers"][0]["env"]
+    return next((e.get("value", "") for e in env if e["name"] == "EXCON_STAGE_URL"), "")
+
+
 def create_or_adopt(api: Any, job: dict, base: str, namespace: str, attempts: int = 10) -> str:
     """Create the job as <base>-0, or, when a retried task finds its predecessor's job there,
-    wait on that one (running or succeeded) rather than fail with AlreadyExists; after a failed
-    one, create <base>-1 (and so on), which resumes from the staged checkpoint. Returns the
+    wait on that one (running, or succeeded with its run still staged) rather than fail with
+    AlreadyExists; after a failed one, or a succeeded one whose run was already fetched and
+    deleted, create <base>-1 (and so on), which resumes from the staged checkpoint. Returns the
     name of the job to wait on."""
+    from excon.storage import object_exists
+
+    stage = _stage_of(job)
     for attempt in range(attempts):
         name = f"{base}-{attempt}"
         job["metadata"]["name"] = name
@@ -117,8 +126,16 @@ def create_or_adopt(api: Any, job: dict, base: str, namespace: str, attempts: in
                 first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
                 raise JobError(f"could not create PyTorchJob {namespace}/{name}: {first}") from None
             existing = api.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
-            if job_state(existing) == "Failed":
-                print(f"[pytorchjob] {namespace}/{name}: failed before", file=sys.stderr)
+            if _stage_of(existing) != stage:  # the name keeps 8 characters of the run's name
+                raise JobError(
+                    f"PyTorchJob {namespace}/{name} exists for another run "
+                    f"({_stage_of(existing)}, not {stage}); delete it or rename this run"
+                ) from None
+            state = job_state(existing)
+            if state == "Failed" or (
+                state == "Succeeded" and not object_exists(f"{stage}/run/summary.json")
+            ):
+                print(f"[pytorchjob] {namespace}/{name}: {state.lower()} before", file=sys.stderr)
                 continue
             print(f"[pytorchjob] {namespace}/{name}: exists, waiting", file=sys.stderr, flush=True)
             return name

@@ -100,7 +100,7 @@ def make_loader(
     if train and world_size > 1:
         # The sampler shuffles; the generator only seeds the workers, which augment: keyed by
         # rank, or worker w of every rank would draw the same crops for its batches.
-        generator.manual_seed(stream_seed(seed, "augment", epoch, rank))
+        generator.manual_seed(stream_seed(seed, "workers", epoch, rank))
         sampler = DistributedSampler(
             dataset,
             world_size,

@@ -92,3 +92,27 @@ def test_methods_and_runs_keep_their_checkpoints_apart(
     retry, _ = run_component(cfg, "supcon", prepared, tmp_path / "s1", base, "run-1")
     assert [m.metadata["resumed"] for m in (ce, other, retry)] == [False, False, True]
     assert s3_env.client().list_objects_v2(Bucket=bucket, Prefix="ckpt/")["KeyCount"] == 0
+
+
+def test_cli_checkpoint_url_restores_and_fresh_discards(
+    s3_env, bucket, prepared, tmp_path, monkeypatch, capsys
+):
+    """`excon pretrain --checkpoint-url`: a checkpoint found there is restored (so a run without
+    a resume flag stops, as with a local one), and --fresh deletes it instead of restoring."""
+    from excon.artifacts import load_checkpoint
+    from excon.cli import main
+    from excon.storage import upload_file
+
+    monkeypatch.chdir(tmp_path)
+    url = f"s3://{bucket}/ckpt/solo"
+    (tmp_path / "stale.pt").write_bytes(b"stale")
+    upload_file(tmp_path / "stale.pt", f"{url}/checkpoint.pt")
+    tiny = ["model.width=0.0625", "model.proj_dim=8", "train.batch_size=16", "train.device=cpu"]
+    tiny += ["tracking.enabled=false", "method.name=ce", "train.epochs=1"]
+    sets = [f"--set={s}" for s in tiny]
+    args = ["pretrain", "--data", str(prepared), "--run-dir", "run", "--checkpoint-url", url]
+    assert main([*args, *sets]) == 2
+    assert "exists; pass --resume" in capsys.readouterr().err
+    assert main([*args, "--fresh", *sets]) == 0
+    s3_env.client().download_file(bucket, "ckpt/solo/checkpoint.pt", str(tmp_path / "got.pt"))
+    assert load_checkpoint(tmp_path / "got.pt")["epoch"] == 1  # this run's, not the stale one

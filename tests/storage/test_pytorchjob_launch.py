@@ -21,9 +21,10 @@ class Conflict(Exception):
 class Operator:
     """CustomObjectsApi's two calls the launcher makes, answered like the Training Operator."""
 
-    def __init__(self, s3, bucket, tmp, outcome="Succeeded", existing=None):
+    def __init__(self, s3, bucket, tmp, outcome="Succeeded", existing=None, existing_stage=None):
         self.s3, self.bucket, self.tmp, self.outcome = s3, bucket, tmp, outcome
         self.existing = existing or {}  # name -> state of jobs an earlier attempt left
+        self.existing_stage = existing_stage or f"s3://{bucket}/stage/1234abcd-run/excon"
         self.created: list[dict] = []
         self.polls = 0
 
@@ -38,24 +39,37 @@ class Operator:
         keys = {o["Key"] for o in self.s3.list_objects_v2(Bucket=self.bucket)["Contents"]}
         assert f"{stage}/data/manifest.json" in keys and f"{stage}/params/params.yaml" in keys
         if self.outcome == "Succeeded":  # rank 0's mirror of the finished run (excon.storage)
-            run = self.tmp / "rank0-run"
-            run.mkdir()
-            summary = {"method": env["EXCON_METHOD"], "val/top1": 0.5, "epochs": 2}
-            (run / "summary.json").write_text(json.dumps(summary))
-            (run / "model.json").write_text("{}")
-            upload_dir(run, f"{env['EXCON_STAGE_URL']}/run")
+            mirror_run(self.tmp / f"rank0-run-{len(self.created)}", env["EXCON_STAGE_URL"])
 
     def get_namespaced_custom_object(self, group, version, namespace, plural, name):
-        if self.existing.get(name) == "Failed":
-            return {"status": {"conditions": [{"type": "Failed", "status": "True"}]}}
+        finished = self.existing.get(name) in ("Failed", "Succeeded")
+        if finished:  # an earlier attempt's job, already over
+            return job_with(self.existing_stage, [{"type": self.existing[name], "status": "True"}])
         self.polls += 1
         running = {"type": "Running", "status": "True"}
         done = {"type": self.outcome, "status": "True", "message": "pod master-0 OOMKilled"}
-        return {"status": {"conditions": [running] if self.polls < 2 else [running, done]}}
+        return job_with(self.existing_stage, [running] if self.polls < 2 else [running, done])
 
     @staticmethod
     def _container(body):
         return body["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]["containers"][0]
+
+
+def mirror_run(run, stage_url):
+    run.mkdir()
+    summary = {"method": "excon", "val/top1": 0.5, "epochs": 2}
+    (run / "summary.json").write_text(json.dumps(summary))
+    (run / "model.json").write_text("{}")
+    upload_dir(run, f"{stage_url}/run")
+
+
+def job_with(stage_url, conditions):
+    env = [{"name": "EXCON_STAGE_URL", "value": stage_url}]
+    pod = {"spec": {"containers": [{"env": env}]}}
+    return {
+        "spec": {"pytorchReplicaSpecs": {"Master": {"template": pod}}},
+        "status": {"conditions": conditions},
+    }
 
 
 def run_launch(api, prepared, tmp_path, bucket, **kw):
@@ -132,3 +146,35 @@ def test_after_a_failed_job_a_retry_creates_the_next_one(
     api = Operator(s3_env.client(), bucket, tmp_path, existing=failed)
     assert run_launch(api, prepared, tmp_path, bucket)["method"] == "excon"
     assert [j["metadata"]["name"] for j in api.created] == ["excon-pretrain-excon-4abcdrun-1"]
+
+
+def test_a_succeeded_job_is_adopted_only_while_its_run_is_staged(
+    s3_env, bucket, prepared, tmp_path, monkeypatch
+):
+    monkeypatch.setattr("pipelines.pytorchjob.time.sleep", lambda s: None)
+    done = {"excon-pretrain-excon-4abcdrun-0": "Succeeded"}
+    # its run still staged (the task died before fetching it): adopted, nothing created
+    mirror_run(tmp_path / "earlier", f"s3://{bucket}/stage/1234abcd-run/excon")
+    api = Operator(s3_env.client(), bucket, tmp_path, existing=done)
+    assert run_launch(api, prepared, tmp_path, bucket)["epochs"] == 2
+    assert api.created == []
+    # fetched and deleted already (the task died after): a new job, not a run that is gone
+    api = Operator(s3_env.client(), bucket, tmp_path, existing=done)
+    assert run_launch(api, prepared, tmp_path / "again", bucket)["epochs"] == 2
+    assert [j["metadata"]["name"] for j in api.created] == ["excon-pretrain-excon-4abcdrun-1"]
+
+
+def test_a_job_of_another_run_under_the_same_name_is_refused(
+    s3_env, bucket, prepared, tmp_path, monkeypatch
+):
+    monkeypatch.setattr("pipelines.pytorchjob.time.sleep", lambda s: None)
+    api = Operator(
+        s3_env.client(),
+        bucket,
+        tmp_path,
+        existing={"excon-pretrain-excon-4abcdrun-0": "Running"},
+        existing_stage=f"s3://{bucket}/stage/other-1234abcd-run/excon",
+    )
+    with pytest.raises(JobError, match="exists for another run"):
+        run_launch(api, prepared, tmp_path, bucket)
+    assert api.created == []

@@ -14,7 +14,7 @@ import yaml
 from safetensors.torch import load_file
 
 from excon.config import load_config
-from excon.storage import upload_dir
+from excon.storage import upload_dir, upload_file
 from pipelines.pytorchjob import render
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -53,40 +53,62 @@ def run_pod(script: str, work: Path, stage: str, s3_env) -> subprocess.Completed
     )
 
 
-def test_pod_script_trains_uploads_and_a_restarted_pod_resumes(s3_env, bucket, prepared, tmp_path):
+OVERRIDES = [
+    "model.width=0.0625",
+    "model.proj_dim=8",
+    "train.epochs=2",
+    "train.batch_size=16",
+    "train.device=cpu",
+    "tracking.enabled=false",
+]
+
+
+def stage_inputs(stage: str, prepared: Path, tmp: Path) -> None:
+    """What the launcher stages before creating the job."""
+    upload_dir(prepared, f"{stage}/data")
+    (tmp / "params").mkdir(parents=True)
+    cfg = load_config(None, OVERRIDES)
+    (tmp / "params" / "params.yaml").write_text(yaml.safe_dump(cfg.to_dict()))
+    upload_dir(tmp / "params", f"{stage}/params")
+
+
+def pod_script() -> str:
     (container,) = render("registry.test/excon:1", 1, 2)["spec"]["pytorchReplicaSpecs"]["Master"][
         "template"
     ]["spec"]["containers"]
     assert "workingDir" not in container  # made by the script, as the pod's user
-    script = container["args"][0]
-    stage = f"s3://{bucket}/stage/run-1/supcon"
-    cfg = load_config(
-        None,
-        [
-            "model.width=0.0625",
-            "model.proj_dim=8",
-            "train.epochs=2",
-            "train.batch_size=16",
-            "train.device=cpu",
-            "tracking.enabled=false",
-        ],
-    )
-    upload_dir(prepared, f"{stage}/data")
-    (tmp_path / "params").mkdir()
-    (tmp_path / "params" / "params.yaml").write_text(yaml.safe_dump(cfg.to_dict()))
-    upload_dir(tmp_path / "params", f"{stage}/params")
+    return container["args"][0]
 
-    first = run_pod(script, tmp_path / "pod1" / "work", stage, s3_env)
+
+def test_pod_script_trains_uploads_and_a_restarted_pod_resumes(s3_env, bucket, prepared, tmp_path):
+    script = pod_script()
+    whole = f"s3://{bucket}/stage/run-1/supcon"
+    stage_inputs(whole, prepared, tmp_path / "whole-inputs")
+    first = run_pod(script, tmp_path / "pod1" / "work", whole, s3_env)
     assert first.returncode == 0, first.stderr[-3000:]
     assert first.stdout.count("trained supcon") == 1  # rank 0 alone reports
     keys = {o["Key"] for o in s3_env.client().list_objects_v2(Bucket=bucket)["Contents"]}
-    assert "stage/run-1/supcon/checkpoint/checkpoint.pt" in keys
+    assert "stage/run-1/supcon/checkpoint/checkpoint.pt" in keys  # uploaded every epoch
     assert "stage/run-1/supcon/run/summary.json" in keys  # the mirror the launcher fetches
 
-    # A restarted pod starts on an empty volume: it restores rank 0's checkpoint and resumes.
-    second = run_pod(script, tmp_path / "pod2" / "work", stage, s3_env)
+    # The same job killed after epoch 1 (two processes, as in the pod), its checkpoint uploaded
+    # as rank 0 does: a pod restarted on an empty volume resumes from it and ends with the
+    # weights of the uninterrupted run.
+    cut = f"s3://{bucket}/stage/run-2/supcon"
+    stage_inputs(cut, prepared, tmp_path / "cut-inputs")
+    killed = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone",
+         str(ROOT / "tests/distributed/pretrain_until.py"), str(prepared),
+         str(tmp_path / "killed"), "1", "fresh", *OVERRIDES],
+        env={**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"},
+        capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert "simulated kill after epoch 1" in killed.stderr, killed.stderr[-3000:]
+    upload_file(tmp_path / "killed" / "checkpoint.pt", f"{cut}/checkpoint/checkpoint.pt")
+    second = run_pod(script, tmp_path / "pod2" / "work", cut, s3_env)
     assert second.returncode == 0, second.stderr[-3000:]
     assert "restored" in second.stderr and "resuming" in second.stderr
+    assert "after epoch 1" in second.stderr
     a = load_file(tmp_path / "pod1" / "work" / "run" / "model.safetensors")
     b = load_file(tmp_path / "pod2" / "work" / "run" / "model.safetensors")
-    assert all((a[k] == b[k]).all() for k in a)
+    assert a.keys() == b.keys() and all((a[k] == b[k]).all() for k in a)
