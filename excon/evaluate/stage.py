@@ -224,7 +224,8 @@ def _calibration_part(
     out: Path,
     method: str,
 ) -> dict[str, float]:
-    """Accuracy of the probe and the online head; calibration, clean and under shift."""
+    """Accuracy of the scored head (eval.head) and the online head; calibration, clean and
+    under shift."""
     e = cfg.eval
     test = data.split("test")
     metrics: dict[str, float] = {}
