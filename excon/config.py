@@ -8,6 +8,8 @@ params.yaml, applies `section.key=value` overrides and validates everything, rai
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -22,6 +24,23 @@ METHODS = ("ce", "supcon", "excon")
 
 class ConfigError(ValueError):
     """A parameter is unknown, of the wrong type or out of range."""
+
+
+class _Loader(yaml.SafeLoader):
+    """PyYAML resolves scalars by YAML 1.1, where a float needs a dot: `1e-3` and `5e-4` come
+    back as strings. Add YAML 1.2's float form (what DVC's ruamel and every ML user write)."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)[eE][-+]?[0-9]+$"),
+    list("-+0123456789."),
+)
+
+
+def parse_yaml(text: str) -> Any:
+    """YAML text as Python values, numbers in every notation YAML 1.1 and 1.2 allow."""
+    return yaml.load(text, Loader=_Loader)  # a SafeLoader subclass: safe
 
 
 @dataclass
@@ -96,6 +115,9 @@ class TrainConfig:
     # torch.compile the encoder (dynamic shapes: ExCon's batch grows with its backgrounds). The
     # first steps pay the compilation (about a minute); worth it for long GPU runs.
     compile: bool = False
+    # Divergence guard: 0 (default) stops the run at the first non-finite loss or weight;
+    # N > 0 skips the update of up to N non-finite steps per epoch (one host sync per step).
+    nonfinite_tolerance: int = 0
 
 
 @dataclass
@@ -199,6 +221,11 @@ _RULES: dict[str, tuple[typing.Callable[[Any], bool], str]] = {
     "optim.min_lr_ratio": (lambda v: 0 <= v <= 1, "in [0, 1]"),
     "train.epochs": _POSITIVE,
     "train.batch_size": (lambda v: v >= 2, ">= 2 (contrastive losses need pairs)"),
+    "train.device": (
+        lambda v: re.fullmatch(r"auto|cpu|mps|cuda(:[0-9]+)?", v) is not None,
+        "one of auto, cpu, cuda, cuda:N, mps",
+    ),
+    "train.nonfinite_tolerance": _NON_NEGATIVE,
     "train.max_steps_per_epoch": (lambda v: v is None or v > 0, "> 0 or null"),
     "probe.epochs": _POSITIVE,
     "probe.batch_size": _POSITIVE,
@@ -267,6 +294,8 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
         if isinstance(value, list):
             return [_coerce(key, v, get_args(tp)[0]) for v in value]
     elif tp in _PRIMITIVES and _PRIMITIVES[tp](value):
+        if tp is float and not math.isfinite(value):
+            raise ConfigError(f"{key}: got {value!r}, expected a finite number")
         return float(value) if tp is float else value
     raise ConfigError(f"{key}: got {value!r}, expected {_type_name(tp)}")
 
@@ -306,8 +335,7 @@ def from_dict(raw: dict[str, Any]) -> Config:
         if not isinstance(values, dict):
             raise ConfigError(f"{name}: expected a mapping, got {values!r}")
         built[name] = _build(hints[name], name, values)
-    # Validate the defaults of untouched sections too (they are always valid, but cheap).
-    return Config(**built)
+    return Config(**built)  # untouched sections keep their defaults (a test validates those)
 
 
 def parse_override(text: str) -> tuple[str, str, Any]:
@@ -317,7 +345,7 @@ def parse_override(text: str) -> tuple[str, str, Any]:
     path, raw_value = text.split("=", 1)
     section, key = path.split(".", 1)
     try:
-        value = yaml.safe_load(raw_value) if raw_value != "" else ""
+        value = parse_yaml(raw_value) if raw_value != "" else ""
     except yaml.YAMLError:
         value = raw_value
     return section.strip(), key.strip(), value
@@ -326,7 +354,7 @@ def parse_override(text: str) -> tuple[str, str, Any]:
 def loads_config(text: str, overrides: list[str] | None = None) -> Config:
     """A Config from params YAML text (what a pipeline hands its tasks) plus overrides."""
     try:
-        raw = yaml.safe_load(text) or {}
+        raw = parse_yaml(text) or {}
     except yaml.YAMLError as e:
         raise ConfigError(f"params: not valid YAML ({e})") from None
     if not isinstance(raw, dict):
@@ -342,7 +370,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         if not path.is_file():
             raise ConfigError(f"{path}: params file not found")
         try:
-            raw = yaml.safe_load(path.read_text()) or {}
+            raw = parse_yaml(path.read_text()) or {}
         except yaml.YAMLError as e:
             raise ConfigError(f"{path}: not valid YAML ({e})") from None
         if not isinstance(raw, dict):
