@@ -13,7 +13,14 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from excon.fs import no_space_as_error
+from excon.guard import finite_or_none, refuse_nonfinite
 from excon.models import ExConNet
+
+# mkstemp creates 0600 files; artifacts get the permissions the user's umask gives any new file
+# (a sidecar in another UID, or a shared runs dir, must be able to read models). Read once.
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
 
 
 class UnreadableCheckpoint(RuntimeError):
@@ -33,8 +40,10 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
-        yield Path(tmp)
-        _fsync(tmp)  # the bytes reach the disk before the name does: no empty file after a crash
+        with no_space_as_error(path):
+            yield Path(tmp)
+            _fsync(tmp)  # the bytes reach the disk before the name: no empty file after a crash
+        os.chmod(tmp, 0o666 & ~_UMASK)
         os.replace(tmp, path)
         _fsync(path.parent)
     finally:
@@ -51,8 +60,17 @@ def _fsync(path: str | Path) -> None:
 
 
 def write_json(path: str | Path, obj: Any) -> None:
+    """Strict JSON (RFC 8259): NaN and infinities are written as null, "undefined"."""
+    text = json.dumps(finite_or_none(obj), indent=2, sort_keys=True, allow_nan=False)
     with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
+        tmp.write_text(text + "\n")
+
+
+def write_jsonl(path: str | Path, rows: list[dict[str, Any]]) -> None:
+    """One strict JSON object per line (NaN and infinities as null)."""
+    lines = [json.dumps(finite_or_none(r), allow_nan=False) + "\n" for r in rows]
+    with atomic_path(path) as tmp:
+        tmp.write_text("".join(lines))
 
 
 def write_text(path: str | Path, text: str) -> None:
@@ -102,7 +120,9 @@ def load_model(run_dir: str | Path, device: str | torch.device = "cpu") -> tuple
             raise FileNotFoundError(f"{p}: missing; run `excon pretrain` for this run first")
     meta = json.loads(meta_path.read_text())
     model = build_network(meta)
-    model.load_state_dict(load_file(str(weights_path), device="cpu"))
+    state = load_file(str(weights_path), device="cpu")
+    refuse_nonfinite(state, str(weights_path))  # a diverged run is never probed or evaluated
+    model.load_state_dict(state)
     return model.to(device), meta
 
 

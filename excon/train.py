@@ -6,7 +6,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import hashlib
-import json
 import math
 import random
 import sys
@@ -25,6 +24,7 @@ from excon import artifacts, distributed
 from excon.config import Config, ConfigError
 from excon.data.prepared import load_prepared
 from excon.data.views import ViewDataset, make_loader
+from excon.guard import DivergenceError, StepGuard, cause_hint, nonfinite_tensors
 from excon.methods import COUNT_STATS, Method, StepContext, get_method
 from excon.models import ExConNet
 from excon.perf import tune_cpu_allocator
@@ -63,6 +63,12 @@ def resolve_device(name: str) -> torch.device:
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"train.device={name!r} but CUDA is not available on this machine")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise ConfigError(
+            f"train.device={name!r} but this machine has {torch.cuda.device_count()} GPU(s)"
+        )
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"train.device={name!r} but MPS is not available on this machine")
     return device
 
 
@@ -175,18 +181,23 @@ def train_one_epoch(
     )
     sums: dict[str, torch.Tensor] = {}
     images_seen, start = 0, time.perf_counter()
+    guard = StepGuard(method.name, epoch, device, cfg.train.nonfinite_tolerance)
     bar = _progress(loader, steps, f"{method.name} epoch {epoch + 1}/{cfg.train.epochs}")
     for step, (views, labels) in enumerate(bar):
         if step >= steps:
             break
-        set_lr(optimizer, epoch_lr(cfg, epoch, step, steps))
+        lr = epoch_lr(cfg, epoch, step, steps)
+        set_lr(optimizer, lr)
         views = [to_device(v, device, cfg.train.channels_last) for v in views]
         labels = labels.to(device, non_blocking=True)
         with autocast(device, cfg.train.amp):
             loss, stats = stepper(views, labels, ctx)
+        guard.watch(step, loss)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        optimizer.step()
+        if guard.update_ok(step, stepper.parameters(), lr, cfg.train.amp):
+            optimizer.step()
+        guard.check(step, lr, cfg.train.amp)
         for k, v in stats.items():  # summed on device: no host sync per step
             sums[k] = sums.get(k, 0) + v.float()
         images_seen += labels.shape[0]
@@ -194,6 +205,7 @@ def train_one_epoch(
             rate = images_seen / (time.perf_counter() - start)
             bar.set_postfix(loss=f"{stats['loss'].item():.3f}", img_s=f"{rate:.0f}")
     bar.close()
+    guard.check(steps - 1, optimizer.param_groups[0]["lr"], cfg.train.amp, force=True)
     if device.type == "cuda":  # the rate counts the GPU's work, not just what was queued
         torch.cuda.synchronize(device)
     elapsed = time.perf_counter() - start
@@ -203,6 +215,8 @@ def train_one_epoch(
     # every rank draws the same number of images: the job's rate is world_size times this one's
     result["train/images_per_s"] = images_seen * distributed.launched().world_size / elapsed
     result["train/lr"] = optimizer.param_groups[0]["lr"]
+    if guard.tolerate:
+        result["train/skipped_steps"] = float(guard.skipped)
     return result
 
 
@@ -227,10 +241,13 @@ def train_head_one_epoch(
         else min(len(loader), cfg.train.max_steps_per_epoch)
     )
     loss_sum, correct, seen = torch.zeros((), device=device), torch.zeros((), device=device), 0
+    guard = StepGuard("the online head", epoch, device, cfg.train.nonfinite_tolerance)
+    lr = 0.0
     for step, (views, labels) in enumerate(_progress(loader, steps, f"head epoch {epoch + 1}")):
         if step >= steps:
             break
-        set_lr(optimizer, epoch_lr(cfg, epoch, step, steps))
+        lr = epoch_lr(cfg, epoch, step, steps)
+        set_lr(optimizer, lr)
         images, labels = (
             to_device(views[0], device, cfg.train.channels_last),
             labels.to(device, non_blocking=True),
@@ -239,12 +256,16 @@ def train_head_one_epoch(
             features = model.encoder(images)
         logits = classifier(features.float())
         loss = F.cross_entropy(logits, labels)
+        guard.watch(step, loss)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        optimizer.step()
+        if guard.update_ok(step, classifier.parameters(), lr, cfg.train.amp):
+            optimizer.step()
+        guard.check(step, lr, cfg.train.amp)
         loss_sum += loss.detach() * labels.shape[0]
         correct += (logits.argmax(1) == labels).sum()
         seen += labels.shape[0]
+    guard.check(steps - 1, lr, cfg.train.amp, force=True)
     totals = distributed.reduce_over_ranks({"loss": loss_sum / seen, "acc": correct.float() / seen})
     return {"head/loss": totals["loss"].item(), "head/acc": totals["acc"].item()}
 
@@ -331,6 +352,21 @@ def changed_parameters(saved: dict[str, Any], cfg: Config) -> list[str]:
         for k, v in sec.items()
         if f"{s}.{k}" not in _RESUME_FREE and saved.get(s, {}).get(k) != v
     ]
+
+
+def check_finite_epoch(model: nn.Module, row: dict[str, Any], cfg: Config, epoch: int) -> None:
+    """Stop before the epoch's checkpoint when a weight, a buffer (BatchNorm statistics) or
+    the val loss is not finite: the previous checkpoint stays the last good one."""
+    bad = nonfinite_tensors(model.state_dict())
+    what = f"{len(bad)} weight tensors became non-finite (first: {bad[0]})" if bad else ""
+    if not bad and not math.isfinite(row["val/loss"]):
+        what = "the val loss is not finite"
+    if what:
+        raise DivergenceError(
+            f"{cfg.method.name} diverged at epoch {epoch + 1}: {what}; "
+            f"{cause_hint(row.get('train/lr', cfg.optim.lr), cfg.train.amp)}. "
+            "The last good checkpoint is kept"
+        )
 
 
 def view_kinds(method: Method, cfg: Config) -> tuple[list[str], list[str]]:
@@ -572,6 +608,7 @@ def _pretrain(
             {f"val/{k}": v for k, v in evaluate(model, val_loader, device, cfg.train.amp).items()}
         )
         row["time/epoch_s"] = time.perf_counter() - epoch_start
+        check_finite_epoch(model, row, cfg, epoch)
         if not dist.is_main:  # the other ranks only train; rank 0 writes for the job
             history.append(row)
             distributed.barrier()
@@ -604,7 +641,7 @@ def _pretrain(
                 "fingerprint": fingerprint,
             },
         )
-        artifacts.write_text(run_dir / METRICS_LOG, "".join(json.dumps(r) + "\n" for r in history))
+        artifacts.write_jsonl(run_dir / METRICS_LOG, history)
         save_training_curves(run_dir / FIGURES / "training.png", history, method.name)
         if on_epoch is not None:
             on_epoch(row)

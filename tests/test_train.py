@@ -29,17 +29,17 @@ def test_resume_gives_the_same_weights(prepared, tiny_config, tmp_path, monkeypa
     pretrain(cfg, prepared, full)
 
     # Kill the second run right after its first checkpoint is on disk.
-    real_write_text = artifacts.write_text
+    real_write_jsonl = artifacts.write_jsonl
 
     def killed(*args, **kwargs):
-        real_write_text(*args, **kwargs)
+        real_write_jsonl(*args, **kwargs)
         raise KeyboardInterrupt
 
     part = tmp_path / "part"
-    monkeypatch.setattr(train.artifacts, "write_text", killed)
+    monkeypatch.setattr(train.artifacts, "write_jsonl", killed)
     with pytest.raises(KeyboardInterrupt):
         pretrain(cfg, prepared, part)
-    monkeypatch.setattr(train.artifacts, "write_text", real_write_text)
+    monkeypatch.setattr(train.artifacts, "write_jsonl", real_write_jsonl)
     assert artifacts.load_checkpoint(part / train.CHECKPOINT)["epoch"] == 1
     assert not (part / artifacts.MODEL_WEIGHTS).exists()
 
