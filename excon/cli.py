@@ -3,17 +3,27 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import shutil
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 from excon import stages
 from excon.config import DATASETS, METHODS, Config, ConfigError, load_config
 from excon.evaluate import PARTS
+from excon.fs import (
+    LOCK_NAME,
+    FsError,
+    check_free_space,
+    check_writable,
+    clean_leftovers,
+    dir_lock,
+)
 
 DEFAULT_PARAMS = "params.yaml"
 
@@ -60,6 +70,7 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     out = data_dir(cfg, args.out)
     d = cfg.data
     start = time.perf_counter()
+    check_writable(out.parent)
     manifest = stages.prepare(cfg, out)
     mirror(cfg, out)
     splits = ", ".join(f"{k} {v}" for k, v in manifest["splits"].items())
@@ -98,6 +109,21 @@ def mirror(cfg: Config, *paths: Path) -> None:
             upload_file(path, f"{base}/{rel}")
 
 
+@contextlib.contextmanager
+def claim(directory: Path, what: str, take: bool = True) -> Iterator[None]:
+    """Own an output directory for one stage: refuse an unwritable one before any work, lock it
+    against a second writer, and remove what an interrupted write of the last run left there.
+    `take=False` (the other ranks under torchrun) does nothing: rank 0 holds it for the job."""
+    if not take:
+        yield
+        return
+    check_writable(directory)
+    with dir_lock(directory, what):
+        for sub in (directory, *(p for p in directory.iterdir() if p.is_dir())):
+            clean_leftovers(sub)
+        yield
+
+
 def cmd_pretrain(args: argparse.Namespace) -> int:
     from excon import distributed
     from excon.tracking import preflight
@@ -112,37 +138,60 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     # removes a run (--fresh), uploads it and reports, and the others wait for it.
     job, _ = distributed.setup(resolve_device(cfg.train.device))
     try:
-        if args.fresh and job.is_main:
-            _remove_run(out)
-            if args.checkpoint_url:  # else a later run would restore the discarded one
-                from excon.storage import delete_file
-
-                delete_file(f"{args.checkpoint_url.rstrip('/')}/checkpoint.pt")
-        # One download per node; the remote copy wins over a local one, so that the pods of a
-        # multi-node job all start from rank 0's last upload (the ranks must agree).
-        restore = args.checkpoint_url and not args.fresh and job.local_rank == 0
-        if restore and stages.restore_checkpoint(args.checkpoint_url, out):
-            print(f"restored {args.checkpoint_url}/checkpoint.pt", file=sys.stderr)
-        distributed.barrier()
-        resume = "auto" if args.resume_compatible else args.resume
-
-        def upload(_row: dict) -> None:  # on rank 0, once its checkpoint of the epoch is written
-            stages.save_checkpoint(args.checkpoint_url, out)
-
-        on_epoch = upload if args.checkpoint_url else None
-        summary = stages.pretrain(cfg, data_dir(cfg, args.data), out, resume, on_epoch)
-        if job.is_main:
-            mirror(cfg, out)
-            print(f"trained {cfg.method.name} -> {out}: val/top1 {summary['val/top1']:.4f}")
+        with claim(out, f"excon pretrain --method {cfg.method.name}", take=job.is_main):
+            return _pretrain(args, cfg, out, job)
     finally:
         distributed.teardown()
+
+
+def _pretrain(args: argparse.Namespace, cfg: Config, out: Path, job: Any) -> int:
+    from excon import distributed
+
+    check_free_space(out, pretrain_bytes(cfg))
+    if args.fresh and job.is_main:
+        _remove_run(out)
+        if args.checkpoint_url:  # else a later run would restore the discarded one
+            from excon.storage import delete_file
+
+            delete_file(f"{args.checkpoint_url.rstrip('/')}/checkpoint.pt")
+    # One download per node; the remote copy wins over a local one, so that the pods of a
+    # multi-node job all start from rank 0's last upload (the ranks must agree).
+    restore = args.checkpoint_url and not args.fresh and job.local_rank == 0
+    if restore and stages.restore_checkpoint(args.checkpoint_url, out):
+        print(f"restored {args.checkpoint_url}/checkpoint.pt", file=sys.stderr)
+    distributed.barrier()
+    resume = "auto" if args.resume_compatible else args.resume
+
+    def upload(_row: dict) -> None:  # on rank 0, once its checkpoint of the epoch is written
+        stages.save_checkpoint(args.checkpoint_url, out)
+
+    on_epoch = upload if args.checkpoint_url else None
+    summary = stages.pretrain(cfg, data_dir(cfg, args.data), out, resume, on_epoch)
+    if job.is_main:
+        mirror(cfg, out)
+        print(f"trained {cfg.method.name} -> {out}: val/top1 {summary['val/top1']:.4f}")
     return 0
 
 
+def pretrain_bytes(cfg: Config) -> int:
+    """About what a run writes at once: the checkpoint (weights, SGD momentum, the previous
+    checkpoint until the rename), the final model and figures. ResNet-18 at width 1: 11 M
+    parameters; ResNet-50: 24 M (+ the 2048-d projector); both scale with width squared."""
+    params = {"resnet18": 11.3e6, "resnet50": 27.5e6}[cfg.model.arch] * cfg.model.width**2
+    return int(params * 4 * 5 + 20 * 2**20)
+
+
 def _remove_run(path: Path) -> None:
+    """Empty a run directory, keeping the lock the caller holds on it."""
     if (path / "checkpoint.pt").exists() or (path / "model.json").exists():
         print(f"--fresh: removing the previous run in {path}", file=sys.stderr)
-        shutil.rmtree(path)
+        for child in path.iterdir():
+            if child.name == LOCK_NAME:
+                continue
+            if child.is_dir() and not child.is_symlink():
+                shutil.rmtree(child)
+            else:
+                child.unlink()
 
 
 def cmd_probe(args: argparse.Namespace) -> int:
@@ -152,7 +201,12 @@ def cmd_probe(args: argparse.Namespace) -> int:
     preflight(cfg)
     storage_preflight(cfg)
     out = run_dir(cfg, args.run_dir)
-    metrics = stages.probe(cfg, data_dir(cfg, args.data), out, Path(args.out) if args.out else None)
+    if args.out:
+        check_writable(Path(args.out).parent)
+    with claim(out, f"excon probe --method {cfg.method.name}"):
+        metrics = stages.probe(
+            cfg, data_dir(cfg, args.data), out, Path(args.out) if args.out else None
+        )
     mirror(
         cfg, out / "probe_head.safetensors", Path(args.out) if args.out else out / "metrics.json"
     )
@@ -167,7 +221,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     preflight(cfg)
     storage_preflight(cfg)
     out = run_dir(cfg, args.run_dir)
-    metrics = stages.evaluate(cfg, data_dir(cfg, args.data), out, args.part)
+    with contextlib.ExitStack() as held:  # one lock per part: parts may run side by side
+        for part in args.part or PARTS:
+            held.enter_context(claim(out / "eval" / part, f"excon evaluate --part {part}"))
+        metrics = stages.evaluate(cfg, data_dir(cfg, args.data), out, args.part)
     mirror(cfg, *(out / "eval" / part for part in args.part or PARTS))
     print(f"evaluated {out}: {len(metrics)} metrics -> {out / 'eval'}/<part>/metrics.json")
     return 0
@@ -360,26 +417,50 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
+DEBUG_ENV = "EXCON_DEBUG"
+
+
+def _known_failures() -> tuple[type[BaseException], ...]:
+    """What a user can cause and fix (bad params, data, paths, disk, services, a diverged run):
+    one line each. Anything else is a bug in excon and keeps its traceback."""
+    from mlflow.exceptions import MlflowException
+
     from excon.data.errors import DataError
+    from excon.guard import DivergenceError, UnusableModel
     from excon.storage import StorageError
     from excon.tracking import RegistryError, TrackingError
     from excon.train import ResumeError
 
-    args = build_parser().parse_args(argv)
-    try:
-        return args.fn(args)
-    except (
+    return (
         ConfigError,
         DataError,
         ResumeError,
         TrackingError,
         RegistryError,
         StorageError,
-        FileNotFoundError,
-    ) as e:
-        # Expected failures (bad params, bad data, refused resume) get one line, not a traceback.
-        print(f"excon {args.stage}: error: {e}", file=sys.stderr)
+        DivergenceError,
+        UnusableModel,
+        MlflowException,
+        OSError,  # FsError (no space, unwritable, locked), FileNotFoundError, PermissionError...
+    )
+
+
+def _one_line(e: BaseException) -> str:
+    if isinstance(e, OSError) and not isinstance(e, FsError) and e.filename is not None:
+        text = f"{e.filename}: {e.strerror or e}"  # e.g. "[Errno 30] ..." -> "path: Read-only ..."
+    else:
+        text = str(e) or type(e).__name__
+    return " ".join(text.split())  # one line, whatever the library put in its message
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if os.environ.get(DEBUG_ENV):  # the traceback of every failure, for a bug report
+        return args.fn(args)
+    try:
+        return args.fn(args)
+    except _known_failures() as e:
+        print(f"excon {args.stage}: error: {_one_line(e)}", file=sys.stderr)
         return 2
 
 

@@ -74,6 +74,7 @@ def preflight(cfg: Config) -> None:
         return
     uri = tracking_uri(cfg)
     try:
+        _reachable(uri)
         mlflow = configure(cfg)
         mlflow.set_experiment(cfg.tracking.experiment)
     except Exception as e:  # any failure here means "cannot track": say which store and why
@@ -82,6 +83,25 @@ def preflight(cfg: Config) -> None:
             f"MLflow tracking store {uri} is not usable ({first}); start it, point "
             "MLFLOW_TRACKING_URI elsewhere, or pass --set tracking.enabled=false"
         ) from None
+
+
+def _reachable(uri: str, timeout: float = 4.0) -> None:
+    """A TCP connect to an http(s) tracking server: MLflow's client retries an unreachable
+    host with backoff for most of a minute before it gives up; this answers in seconds."""
+    import socket
+    from urllib.parse import urlsplit
+    from urllib.request import getproxies, proxy_bypass
+
+    parts = urlsplit(uri)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return
+    if parts.scheme in getproxies() and not proxy_bypass(parts.hostname):
+        return  # reached through a proxy: only MLflow's own request can tell
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    try:
+        socket.create_connection((parts.hostname, port), timeout=timeout).close()
+    except OSError as e:
+        raise OSError(f"cannot connect to {parts.hostname}:{port}: {e.strerror or e}") from None
 
 
 def git_commit() -> str | None:
