@@ -398,14 +398,14 @@ def explain_files(
     from PIL import Image
 
     from excon.artifacts import atomic_path
+    from excon.data.sources.images import open_image
 
     model, meta = load_registered(uri, tracking_uri=tracking_uri)
     mode = "L" if meta["in_channels"] == 1 else "RGB"
     h, w = _size(meta)
     originals, batch = [], []
     for p in image_paths:
-        with Image.open(p) as im:
-            im = im.convert(mode)
+        im = open_image(p, mode)  # 16-bit files scaled, unreadable ones a DataError naming p
         originals.append(im)
         batch.append(np.asarray(im.resize((w, h), Image.Resampling.BILINEAR), dtype=np.uint8))
     if not batch:

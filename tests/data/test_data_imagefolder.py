@@ -67,7 +67,7 @@ def test_unreadable_image_names_the_file(tmp_path, formats):
     raw = tmp_path / "raw"
     formats.write_imagefolder(raw, {"a": 4, "b": 4})
     (raw / "b" / "broken.png").write_bytes(b"\x89PNG garbage")
-    with pytest.raises(DataError, match=r"b/broken.png: unreadable image"):
+    with pytest.raises(DataError, match=r"b/broken.png: not a readable image"):
         prepare_dataset("imagefolder", tmp_path / "out", raw_dir=raw)
     assert not (tmp_path / "out").exists()
 
@@ -77,3 +77,29 @@ def test_empty_class_folder(tmp_path, formats):
     (tmp_path / "raw" / "b").mkdir()
     with pytest.raises(DataError, match=r"b: class folder has no images"):
         read_imagefolder(tmp_path / "raw")
+
+
+def test_16bit_pngs_are_scaled_not_clipped(tmp_path, formats):
+    raw = tmp_path / "raw"
+    formats.write_imagefolder(raw, {"a": 4, "b": 4})
+    ramp = np.linspace(0, 65535, 8).round().astype(np.uint16)
+    Image.fromarray(np.tile(ramp, (8, 1))).save(raw / "a" / "deep.png")  # 16-bit grayscale
+    ds = read_imagefolder(raw, image_size=8, val_fraction=0.1, test_fraction=0.1)
+    want = np.repeat(np.tile(np.rint(ramp / 257).astype(np.uint8), (8, 1))[..., None], 3, -1)
+    assert _pool(ds)[want.tobytes()] == 0  # mid-grey 32768 -> 128, not 255
+
+
+def test_symlinks_out_of_the_root_are_refused(tmp_path, formats):
+    raw = tmp_path / "raw"
+    formats.write_imagefolder(raw, {"a": 4, "b": 4})
+    formats.write_imagefolder(tmp_path / "private", {"c": 1})
+    (raw / "a" / "inside.png").symlink_to(raw / "b" / "img_0.png")  # stays in the dataset: read
+    assert len(_pool(read_imagefolder(raw, image_size=8))) == 8
+    (raw / "a" / "leak.png").symlink_to(tmp_path / "private" / "c" / "img_0.png")
+    with pytest.raises(DataError, match=r"raw/a/leak.png: path 'a/leak.png' points outside"):
+        prepare_dataset("imagefolder", tmp_path / "out", raw_dir=raw, image_size=8)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["private", "raw"]
+    (raw / "a" / "leak.png").unlink()
+    (raw / "c").symlink_to(tmp_path / "private" / "c")  # a whole class folder elsewhere
+    with pytest.raises(DataError, match=r"raw/c: path 'c' points outside"):
+        read_imagefolder(raw, image_size=8)

@@ -44,7 +44,7 @@ def test_failing_source_keeps_existing_prepared_dir(tmp_path, animals_raw, forma
     good = prepare_dataset("animals", out, raw_dir=root)
     formats.write_imagefolder(tmp_path / "bad", {"a": 3, "b": 3})
     (tmp_path / "bad" / "a" / "x.png").write_bytes(b"junk")
-    with pytest.raises(DataError, match=r"x.png: unreadable image"):
+    with pytest.raises(DataError, match=r"x.png: not a readable image"):
         prepare_dataset("imagefolder", out, raw_dir=tmp_path / "bad")
     assert load_prepared(out).manifest == good
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]

@@ -79,7 +79,7 @@ def test_unknown_wnid_in_val_annotations(tiny):
 
 def test_corrupt_jpeg_names_the_file(tmp_path, tiny):
     (tiny / "val" / "images" / "val_4.JPEG").write_bytes(b"\xff\xd8not really a jpeg")
-    with pytest.raises(DataError, match=r"val_4.JPEG: unreadable image"):
+    with pytest.raises(DataError, match=r"val_4.JPEG: not a readable image"):
         prepare_dataset("tinyimagenet", tmp_path / "out", raw_dir=tiny)
     assert not (tmp_path / "out").exists()
 
@@ -105,3 +105,33 @@ def test_download_uses_the_official_zip(tmp_path, monkeypatch, formats):
     assert calls == [
         ("http://cs231n.stanford.edu/tiny-imagenet-200.zip", "90528d7ca1a48142e341f4ef8d21d0de")
     ]
+
+
+@pytest.mark.parametrize("name", ["../../wnids.txt", "/etc/hostname", "sub/../../x.JPEG"])
+def test_val_annotation_paths_stay_in_val_images(tmp_path, tiny, name):
+    ann = tiny / "val" / "val_annotations.txt"
+    lines = ann.read_text().splitlines(keepends=True)
+    lines[2] = lines[2].replace("val_2.JPEG", name)
+    ann.write_text("".join(lines))
+    with pytest.raises(
+        DataError, match=rf"val_annotations.txt:3: path '{name}' points outside .*; refused$"
+    ):
+        prepare_dataset("tinyimagenet", tmp_path / "out", raw_dir=tiny)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["raw"]
+
+
+def test_symlinked_image_out_of_the_dataset_is_refused(tmp_path, tiny, formats):
+    wnid = formats.tiny_wnids[0]
+    secret = tmp_path / "secret.JPEG"
+    (tiny / "val" / "images" / "val_0.JPEG").rename(secret)
+    (tiny / "val" / "images" / "val_0.JPEG").symlink_to(secret)
+    # found through the annotation, so the message names its line
+    with pytest.raises(DataError, match=r"val_annotations.txt:1: path 'val_0.JPEG' points outside"):
+        read_tinyimagenet(tiny)
+    (tiny / "val" / "images" / "val_0.JPEG").unlink()
+    secret.rename(tiny / "val" / "images" / "val_0.JPEG")
+    train = tiny / "train" / wnid / "images"
+    train.rename(tmp_path / "elsewhere")
+    train.symlink_to(tmp_path / "elsewhere")
+    with pytest.raises(DataError, match=rf"train/{wnid}/images: path .* points outside"):
+        read_tinyimagenet(tiny)

@@ -11,7 +11,7 @@ import numpy as np
 
 from excon.data.errors import DataError
 from excon.data.prepared import RawDataset, Split
-from excon.data.sources.images import IMAGE_EXTENSIONS, load_rgb_many
+from excon.data.sources.images import IMAGE_EXTENSIONS, confine_files, load_rgb_many
 from excon.data.splits import stratified_split
 
 NAME = "imagefolder"
@@ -34,7 +34,7 @@ def read_imagefolder(
     if layout.is_dir():
         trees |= {s: raw_dir / s for s in ("val", "test") if (raw_dir / s).is_dir()}
 
-    scanned = {split: _scan(tree) for split, tree in trees.items()}
+    scanned = {split: _scan(tree, raw_dir) for split, tree in trees.items()}
     class_names = sorted(scanned["train"])
     for split, files in scanned.items():
         if sorted(files) != class_names:
@@ -75,8 +75,9 @@ def read_imagefolder(
     return RawDataset(NAME, class_names, splits, source)
 
 
-def _scan(tree: Path) -> dict[str, list[Path]]:
-    """Class name -> sorted image files (searched recursively) under tree/<class>/."""
+def _scan(tree: Path, root: Path) -> dict[str, list[Path]]:
+    """Class name -> sorted image files (searched recursively) under tree/<class>/; a symlink
+    leading out of `root` is refused."""
     classes = sorted(p for p in tree.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not classes:
         raise DataError(f"{tree}: no class folders")
@@ -89,5 +90,6 @@ def _scan(tree: Path) -> dict[str, list[Path]]:
         )
         if not files:
             raise DataError(f"{folder}: class folder has no images")
+        confine_files(root, files)
         found[folder.name] = files
     return found

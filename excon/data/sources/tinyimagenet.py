@@ -13,7 +13,8 @@ import numpy as np
 
 from excon.data.errors import DataError
 from excon.data.prepared import RawDataset, Split, with_val_from_train
-from excon.data.sources.images import IMAGE_EXTENSIONS, load_rgb_many
+from excon.data.sources.images import IMAGE_EXTENSIONS, confine_files, load_rgb_many
+from excon.fs import confined
 
 NAME = "tinyimagenet"
 BASE_FOLDER = "tiny-imagenet-200"
@@ -44,6 +45,7 @@ def read_tinyimagenet(
 
     train_paths, train_labels, train_boxes = _train_items(root, wnids)
     test_paths, test_labels, test_boxes = _val_items(root, index)
+    confine_files(root, [*train_paths, *test_paths])
 
     train = Split(
         images=load_rgb_many(train_paths, SIDE, workers),
@@ -120,6 +122,7 @@ def _train_items(root: Path, wnids: list[str]) -> tuple[list[Path], list[int], l
 
 def _val_items(root: Path, index: dict[str, int]) -> tuple[list[Path], list[int], list[Box]]:
     ann = root / "val" / "val_annotations.txt"
+    images = root / "val" / "images"
     paths: list[Path] = []
     labels: list[int] = []
     boxes: list[Box] = []
@@ -132,7 +135,9 @@ def _val_items(root: Path, index: dict[str, int]) -> tuple[list[Path], list[int]
         fname, wnid = fields[0], fields[1]
         if wnid not in index:
             raise DataError(f"{ann}:{n}: class id {wnid} is not in wnids.txt")
-        paths.append(root / "val" / "images" / fname)
+        # A name is a file of val/images: an absolute one or one with `..` is refused.
+        confined(images, fname, f"{ann}:{n}", error=DataError)
+        paths.append(images / fname)
         labels.append(index[wnid])
         boxes.append(_box(fields[2:6], f"{ann}:{n}"))
     if not paths:
