@@ -12,9 +12,14 @@ import numpy as np
 from excon.data.errors import DataError
 from excon.data.prepared import RawDataset, Split, with_val_from_train
 from excon.data.safe_pickle import safe_load
+from excon.data.sources.download import download_and_extract
 
 NAME = "cifar100"
 BASE_FOLDER = "cifar-100-python"
+# The archive torchvision's CIFAR100 fetches (the same URL, name and md5).
+URL = "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz"
+ARCHIVE = "cifar-100-python.tar.gz"
+ARCHIVE_MD5 = "eb9058c3a382ffc7106e4002c42a8d85"
 NUM_CLASSES = 100
 SIDE = 32
 ROW = 3 * SIDE * SIDE
@@ -23,15 +28,13 @@ ROW = 3 * SIDE * SIDE
 def download_cifar100(raw_dir: Path) -> None:
     """Fetch and unpack the official archive into `raw_dir` unless intact files are there."""
     from torchvision.datasets import CIFAR100
-    from torchvision.datasets.utils import check_integrity, download_and_extract_archive
+    from torchvision.datasets.utils import check_integrity
 
     meta = (CIFAR100.meta["filename"], CIFAR100.meta["md5"])
     expected = [*CIFAR100.train_list, *CIFAR100.test_list, meta]
     if all(check_integrity(str(raw_dir / BASE_FOLDER / f), md5) for f, md5 in expected):
         return
-    download_and_extract_archive(
-        CIFAR100.url, str(raw_dir), filename=CIFAR100.filename, md5=CIFAR100.tgz_md5
-    )
+    download_and_extract(URL, raw_dir, ARCHIVE, ARCHIVE_MD5, BASE_FOLDER)
 
 
 def read_cifar100(raw_dir: Path, seed: int = 0, val_fraction: float = 0.1) -> RawDataset:

@@ -13,12 +13,14 @@ import numpy as np
 
 from excon.data.errors import DataError
 from excon.data.prepared import RawDataset, Split, with_val_from_train
+from excon.data.sources.download import download_and_extract
 from excon.data.sources.images import IMAGE_EXTENSIONS, confine_files, load_rgb_many
 from excon.fs import confined
 
 NAME = "tinyimagenet"
 BASE_FOLDER = "tiny-imagenet-200"
 URL = "http://cs231n.stanford.edu/tiny-imagenet-200.zip"
+ARCHIVE = "tiny-imagenet-200.zip"
 ZIP_MD5 = "90528d7ca1a48142e341f4ef8d21d0de"
 SIDE = 64
 
@@ -27,11 +29,9 @@ Box = tuple[int, int, int, int]
 
 def download_tinyimagenet(raw_dir: Path) -> None:
     """Fetch and unpack the official zip into `raw_dir` unless it is already unpacked."""
-    from torchvision.datasets.utils import download_and_extract_archive
-
     if (raw_dir / BASE_FOLDER / "wnids.txt").is_file():
         return
-    download_and_extract_archive(URL, str(raw_dir), md5=ZIP_MD5)
+    download_and_extract(URL, raw_dir, ARCHIVE, ZIP_MD5, BASE_FOLDER)
 
 
 def read_tinyimagenet(
