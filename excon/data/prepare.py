@@ -4,7 +4,7 @@ from pathlib import Path
 
 from excon.config import DATASETS
 from excon.data.errors import DataError
-from excon.data.prepared import SPLITS, RawDataset, write_prepared
+from excon.data.prepared import SPLITS, RawDataset, preparing, write_prepared
 from excon.data.sources.animals import read_animals
 from excon.data.sources.cifar100 import download_cifar100, read_cifar100
 from excon.data.sources.imagefolder import read_imagefolder
@@ -36,10 +36,13 @@ def prepare_dataset(
     native size). `limit_per_class` keeps at most that many seeded-random items per class
     in every split, for quick runs.
     """
-    ds = read_raw(name, raw_dir, download, seed, val_fraction, test_fraction, image_size)
-    if limit_per_class is not None:
-        ds = limit_classes(ds, limit_per_class, seed)
-    return write_prepared(ds, Path(out))
+    # Locked from the start: a second `prepare` of the same `out` stops at once, not after
+    # reading the whole source.
+    with preparing(Path(out)):
+        ds = read_raw(name, raw_dir, download, seed, val_fraction, test_fraction, image_size)
+        if limit_per_class is not None:
+            ds = limit_classes(ds, limit_per_class, seed)
+        return write_prepared(ds, Path(out), lock=False)
 
 
 def read_raw(

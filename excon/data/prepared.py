@@ -4,12 +4,16 @@ This directory is what DVC versions and what training reads; it never depends on
 original source formats.
 """
 
+import contextlib
+import glob
 import hashlib
 import json
 import os
 import re
 import shutil
+import sys
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,6 +21,7 @@ import numpy as np
 
 from excon.data.errors import DataError
 from excon.data.splits import stratified_split
+from excon.fs import check_free_space, clean_leftovers, dir_lock, no_space_as_error
 
 FORMAT_VERSION = 1
 SPLITS = ("train", "val", "test")
@@ -24,6 +29,8 @@ MANIFEST = "manifest.json"
 RERUN = "rerun `excon prepare`"
 _FILE_RE = re.compile(r"^(train|val|test)_(images|labels|masks|boxes)\.npy$")
 _OPTIONAL = ("masks", "boxes")
+# Beyond the arrays themselves: .npy headers, the manifest, filesystem rounding.
+SPACE_MARGIN = 4 * 2**20
 
 
 @dataclass
@@ -201,48 +208,92 @@ class PreparedDataset:
             raise DataError(f"{self.path}: {fname} is unreadable ({exc}); {RERUN}") from exc
 
 
-def write_prepared(ds: RawDataset, out: Path) -> dict:
+@contextlib.contextmanager
+def preparing(out: Path) -> Iterator[None]:
+    """Own `out` while it is (re)written: a lock beside it (`.<name>.lock` in its parent, which
+    other datasets share), so a second writer stops at once, and removal of what a killed
+    write of `out` left (`.<name>.tmp-*` staging folders, `.<name>.old-*` swapped-out copies).
+    """
+    out = Path(out)
+    with dir_lock(out.parent, f"prepare {out}", name=f".{out.name}.lock"):
+        _recover(out)
+        yield
+
+
+def _recover(out: Path) -> None:
+    name = glob.escape(out.name)
+    olds = sorted(out.parent.glob(f".{name}.old-*"), key=lambda p: p.stat().st_mtime)
+    if olds and not (out.exists() or out.is_symlink()):
+        # Killed between the two renames of the swap: the previous version goes back.
+        os.replace(olds.pop(), out)
+        print(f"{out}: restored the previous version from an interrupted swap", file=sys.stderr)
+    clean_leftovers(out.parent, patterns=(f".{name}.tmp-*", f".{name}.old-*"))
+
+
+def write_prepared(ds: RawDataset, out: Path, lock: bool = True) -> dict:
     """Validate `ds`, write it as a prepared directory at `out` atomically; return the manifest.
 
     Files go to a temp dir beside `out` (same filesystem, so renames are atomic); `out` is
     only swapped at the end, so a failure at any point leaves a previous `out` untouched.
+    A filesystem without room for the arrays is refused before anything is written, and a
+    disk that fills up meanwhile is a one-line FsError. `lock=False`: the caller already holds
+    `preparing(out)`.
     """
     ds.validate()
     out = Path(out)
+    with preparing(out) if lock else contextlib.nullcontext():
+        return _write_checked(ds, out)
+
+
+def _write_checked(ds: RawDataset, out: Path) -> dict:
+    needed = SPACE_MARGIN + sum(
+        arr.nbytes
+        for split in ds.splits.values()
+        for arr in (split.images, split.labels, split.masks, split.boxes)
+        if arr is not None
+    )
+    check_free_space(out, needed)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
     try:
-        files = {}
-        for split_name in SPLITS:
-            split = ds.splits[split_name]
-            for kind in ("images", "labels", *_OPTIONAL):
-                arr = getattr(split, kind)
-                if arr is None:
-                    continue
-                fname = f"{split_name}_{kind}.npy"
-                np.save(tmp / fname, np.ascontiguousarray(arr), allow_pickle=False)
-                files[fname] = sha256_file(tmp / fname)
-        train = ds.splits["train"].images
-        mean, std = channel_stats(train)
-        manifest = {
-            "format_version": FORMAT_VERSION,
-            "dataset": ds.name,
-            "num_classes": len(ds.class_names),
-            "class_names": list(ds.class_names),
-            "image_size": [int(train.shape[1]), int(train.shape[2])],
-            "channels": int(train.shape[3]),
-            "mean": mean,
-            "std": std,
-            "splits": {s: len(ds.splits[s]) for s in SPLITS},
-            "files": files,
-            "source": ds.source,
-        }
-        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
-        _swap_into_place(tmp, out)
+        with no_space_as_error(out, needed):
+            return _write_files(ds, tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _write_files(ds: RawDataset, tmp: Path, out: Path) -> dict:
+    """The arrays and the manifest into `tmp` (made here, mode from the umask), then `tmp`
+    renamed to `out`."""
+    tmp.mkdir()
+    files = {}
+    for split_name in SPLITS:
+        split = ds.splits[split_name]
+        for kind in ("images", "labels", *_OPTIONAL):
+            arr = getattr(split, kind)
+            if arr is None:
+                continue
+            fname = f"{split_name}_{kind}.npy"
+            np.save(tmp / fname, np.ascontiguousarray(arr), allow_pickle=False)
+            files[fname] = sha256_file(tmp / fname)
+    train = ds.splits["train"].images
+    mean, std = channel_stats(train)
+    manifest = {
+        "format_version": FORMAT_VERSION,
+        "dataset": ds.name,
+        "num_classes": len(ds.class_names),
+        "class_names": list(ds.class_names),
+        "image_size": [int(train.shape[1]), int(train.shape[2])],
+        "channels": int(train.shape[3]),
+        "mean": mean,
+        "std": std,
+        "splits": {s: len(ds.splits[s]) for s in SPLITS},
+        "files": files,
+        "source": ds.source,
+    }
+    (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+    _swap_into_place(tmp, out)
     return manifest
 
 

@@ -48,3 +48,15 @@ def test_failing_source_keeps_existing_prepared_dir(tmp_path, animals_raw, forma
         prepare_dataset("imagefolder", out, raw_dir=tmp_path / "bad")
     assert load_prepared(out).manifest == good
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_second_prepare_of_the_same_out_stops_before_reading(tmp_path):
+    from excon.data.prepared import preparing
+    from excon.fs import FsError
+
+    out = tmp_path / "prepared" / "animals"
+    # raw_dir does not exist: reading would be a DataError, the lock is checked first
+    busy = r"prepared is in use by PID \d+ on .*\(prepare "
+    with preparing(out), pytest.raises(FsError, match=busy):
+        prepare_dataset("imagefolder", out, raw_dir=tmp_path / "missing")
+    assert not out.exists()

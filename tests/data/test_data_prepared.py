@@ -1,10 +1,18 @@
+import errno
 import json
+import os
+import re
+import socket
+import stat
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 
 from excon.data.errors import DataError
-from excon.data.prepared import RawDataset, Split, load_prepared, write_prepared
+from excon.data.prepared import RawDataset, Split, load_prepared, preparing, write_prepared
+from excon.fs import FsError
 
 
 def _split(n, num_classes=3, size=6, channels=3, seed=0, boxes=True):
@@ -192,3 +200,87 @@ def test_manifest_disagreeing_with_arrays(tmp_path):
     (out / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(DataError, match=r"val_images.npy has shape"):
         load_prepared(out).split("val")
+
+
+def test_disk_full_mid_write_is_one_line_and_leaves_old_dir(tmp_path, monkeypatch):
+    out = tmp_path / "toy"
+    old = write_prepared(_dataset(), out)
+    real_save = np.save
+
+    def full_disk(path, *args, **kwargs):
+        if "val_" in str(path):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_save(path, *args, **kwargs)
+
+    monkeypatch.setattr(np, "save", full_disk)
+    with pytest.raises(FsError) as e:
+        write_prepared(_dataset(), out)
+    assert re.fullmatch(rf"no space left on {out} \(needs about \d+ MB\)", str(e.value))
+    monkeypatch.undo()
+    assert load_prepared(out).manifest == old
+    assert _leftovers(tmp_path) == []
+
+
+def test_too_little_free_space_is_refused_before_writing(tmp_path, monkeypatch):
+    import shutil
+
+    real = shutil.disk_usage
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: real(p)._replace(free=3 * 2**20))
+    with pytest.raises(FsError, match=rf"^no space left on {tmp_path / 'toy'} \(needs about 4 MB"):
+        write_prepared(_dataset(), tmp_path / "toy")
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_a_second_writer_stops_at_once(tmp_path):
+    out = tmp_path / "toy"
+    with preparing(out), pytest.raises(FsError) as e:
+        write_prepared(_dataset(), out)
+    assert str(e.value).startswith(f"{tmp_path} is in use by PID {os.getpid()} on ")
+    assert f"(prepare {out}); wait for it, or remove {tmp_path / '.toy.lock'}" in str(e.value)
+    assert not out.exists() and _leftovers(tmp_path) == []
+    write_prepared(_dataset(), out)  # the lock went with its holder
+    with preparing(tmp_path / "other"):  # a sibling dataset has its own lock
+        write_prepared(_dataset(), out)
+
+
+def _dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def test_leftovers_of_a_killed_write_are_removed(tmp_path, capfd):
+    out = tmp_path / "toy"
+    write_prepared(_dataset(), out)
+    # What kill -9 in the middle of a write leaves: its lock, a staging folder, and (killed while
+    # deleting the swapped-out copy) an old one; another dataset's staging folder is not ours.
+    lock = {"pid": _dead_pid(), "host": socket.gethostname(), "what": "prepare", "since": 0}
+    (tmp_path / ".toy.lock").write_text(json.dumps(lock))
+    for name in (".toy.tmp-0123abcd", ".toy.old-0123abcd", ".other.tmp-0123abcd"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "train_images.npy").write_bytes(b"x" * 100)
+    capfd.readouterr()
+    write_prepared(_dataset(), out)
+    assert _leftovers(tmp_path) == [".other.tmp-0123abcd"]
+    err = capfd.readouterr().err
+    assert "taking over a stale lock" in err and "removed 2 leftover(s)" in err
+
+
+def test_killed_between_the_swap_renames_restores_the_old_version(tmp_path):
+    out = tmp_path / "toy"
+    old = write_prepared(_dataset(), out)
+    os.replace(out, tmp_path / ".toy.old-0123abcd")  # the first rename done, the second not
+    with preparing(out):
+        pass
+    assert load_prepared(out).manifest == old and _leftovers(tmp_path) == []
+
+
+def test_files_follow_the_umask(tmp_path):
+    previous = os.umask(0o027)
+    try:
+        write_prepared(_dataset(), tmp_path / "toy")
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE((tmp_path / "toy").stat().st_mode) == 0o750
+    modes = {stat.S_IMODE(p.stat().st_mode) for p in (tmp_path / "toy").iterdir()}
+    assert modes == {0o640}
