@@ -81,9 +81,9 @@ class StepGuard:
         self._first_bad.fill_(-1)
         if self.skipped > self.tolerate:
             raise DivergenceError(
-                f"{self.what} diverged: {self.skipped} non-finite steps (epoch {self.epoch + 1}, "
-                f"last at step {step + 1}) in one epoch exceed train.nonfinite_tolerance={self.tolerate}; "
-                f"{cause_hint(lr, amp)}"
+                f"{self.what} diverged: {self.skipped} non-finite steps in epoch "
+                f"{self.epoch + 1} (the last at step {step + 1}) exceed "
+                f"train.nonfinite_tolerance={self.tolerate}; {cause_hint(lr, amp)}"
             )
         return False
 

@@ -7,7 +7,6 @@ encoder; every (lr, epoch) candidate is scored on val and only the best one sees
 
 from __future__ import annotations
 
-import math
 import sys
 from pathlib import Path
 
@@ -20,6 +19,7 @@ from excon import artifacts
 from excon.config import Config
 from excon.data.prepared import load_prepared
 from excon.data.views import ViewDataset, make_loader
+from excon.guard import DivergenceError, UnusableModel, refuse_nonfinite
 from excon.seeds import stream_seed
 from excon.train import autocast, resolve_device
 
@@ -70,19 +70,27 @@ def fit_linear(
     for epoch in range(p.epochs):
         head.train()
         order = torch.randperm(n, generator=generator).to(train_x.device)
+        finite = torch.ones((), dtype=torch.bool, device=train_x.device)
         for i in range(0, n, p.batch_size):
             idx = order[i : i + p.batch_size]
             loss = F.cross_entropy(head(train_x[idx]), train_y[idx])
+            finite &= torch.isfinite(loss.detach())  # read once per epoch: no sync per step
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
         sched.step()
+        if not finite.item():  # this lr diverged: its earlier epochs may still be the best
+            print(
+                f"probe lr={lr:g}: non-finite loss at epoch {epoch + 1}; stopped", file=sys.stderr
+            )
+            break
         with torch.no_grad():
             acc = topk_accuracy(head(val_x), val_y, 1)
         if acc > best_acc:
             best_acc, best_epoch = acc, epoch + 1
             best_state = {k: v.clone() for k, v in head.state_dict().items()}
-    assert best_state is not None
+    if best_state is None:  # diverged in its first epoch
+        return head, -1.0, 0
     head.load_state_dict(best_state)
     return head, best_acc, best_epoch
 
@@ -108,6 +116,11 @@ def probe(
         )
         # fp32 even on CUDA: evaluation scores encoder + probe in fp32, and must agree.
         feats[split] = extract_features(model.encoder, loader, device, amp=False)
+    bad = [k for k, (f, _) in feats.items() if not torch.isfinite(f).all()]
+    if bad:
+        raise UnusableModel(
+            f"{run_dir}: the encoder's {', '.join(bad)} features are not finite; retrain it"
+        )
     # Standardising with train statistics makes one lr grid fit every method's feature scale.
     mu = feats["train"][0].mean(0)
     sd = feats["train"][0].std(0).clamp(min=1e-6)
@@ -123,6 +136,10 @@ def probe(
         if best is None or val_acc > best[0]:
             best = (val_acc, lr, epoch, head)
     assert best is not None
+    if best[2] == 0:
+        raise DivergenceError(
+            f"the probe diverged at every lr of probe.lrs {cfg.probe.lrs}; lower them"
+        )
     _, lr, epoch, head = best
     with torch.no_grad():
         logits = {k: head(x[k]) for k in ("val", "test")}
@@ -135,8 +152,6 @@ def probe(
         "probe/epoch": epoch,
         "method": meta.get("method", "unknown"),
     }
-    if any(math.isnan(v) for v in metrics.values() if isinstance(v, float)):
-        raise RuntimeError("probe produced NaN metrics; the encoder's features are not finite")
     save_probe_head(run_dir, fold_standardisation(head, mu, sd))
     artifacts.write_json(Path(out) if out is not None else run_dir / METRICS, metrics)
     return metrics
@@ -163,6 +178,7 @@ def load_probe_head(run_dir: str | Path, device: str | torch.device = "cpu") -> 
     if not path.is_file():
         raise FileNotFoundError(f"{path}: missing; run `excon probe` for this run first")
     state = load_file(str(path), device="cpu")
+    refuse_nonfinite(state, str(path))
     head = nn.Linear(state["weight"].shape[1], state["weight"].shape[0])
     head.load_state_dict(state)
     return head.to(device)

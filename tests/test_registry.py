@@ -119,7 +119,10 @@ def test_gate_semantics_missing_metrics_and_tolerance():
     assert ok and any(r.startswith("skip expl/avg_drop") for r in reasons)
     ok, _ = registry.gate(cfg, {**GOOD, "calib/ece": float("nan")}, GOOD)  # NaN = missing
     assert not ok
-    assert registry.gate(cfg, {}, None)[0]  # no champion: passes
+    assert registry.gate(cfg, GOOD, None)[0]  # no champion: a complete challenger passes
+    ok, reasons = registry.gate(cfg, {**GOOD, "calib/ece": float("inf")}, None)
+    assert not ok and reasons == ["FAIL calib/ece: challenger has no finite value"]
+    assert not registry.gate(cfg, {}, None)[0]  # ...and an incomplete one never does
 
 
 def test_pyfunc_matches_own_loader(registered):
