@@ -39,10 +39,12 @@ from typing import Any
 import mlflow.pyfunc
 import numpy as np
 import torch
+from safetensors.torch import load_file
 
 from excon import tracking
 from excon.artifacts import MODEL_META, MODEL_WEIGHTS, build_network
 from excon.config import Config
+from excon.guard import refuse_nonfinite
 from excon.models import ExConNet
 from excon.tracking import RegistryError
 
@@ -84,20 +86,17 @@ def build_model(
 
 
 def load_files(directory: str | Path, device: str | torch.device = "cpu") -> tuple[ExConNet, dict]:
-    """Rebuild encoder + probe head from a directory holding our three files."""
-    from safetensors.torch import load_file
-
+    """Rebuild encoder + probe head from a directory holding our three files (refused when a
+    weight is not finite)."""
     directory = Path(directory)
     for name in (MODEL_META, MODEL_WEIGHTS, PROBE_HEAD):
         if not (directory / name).is_file():
             raise RegistryError(f"{directory / name}: missing")
     meta = json.loads((directory / MODEL_META).read_text())
-    model = build_model(
-        meta,
-        load_file(str(directory / MODEL_WEIGHTS), device="cpu"),
-        load_file(str(directory / PROBE_HEAD), device="cpu"),
-    )
-    return model.to(device), meta
+    weights = load_file(str(directory / MODEL_WEIGHTS), device="cpu")
+    head = load_file(str(directory / PROBE_HEAD), device="cpu")
+    refuse_nonfinite({**weights, **{f"probe.{k}": v for k, v in head.items()}}, str(directory))
+    return build_model(meta, weights, head).to(device), meta
 
 
 def _size(meta: dict) -> tuple[int, int]:
@@ -183,11 +182,15 @@ def _number(value: Any) -> float | None:
         out = float(value)
     except (TypeError, ValueError):
         return None
-    return None if math.isnan(out) else out
+    return out if math.isfinite(out) else None
 
 
 def gate(cfg: Config, challenger: dict, champion: dict | None) -> tuple[bool, list[str]]:
-    """The promotion decision and one reason line per criterion (both values shown)."""
+    """The promotion decision and one reason line per criterion (both values shown). A
+    challenger missing a gate metric, or holding a non-finite one, is never promoted."""
+    undefined = [key for key, _, _ in GATE if _number(challenger.get(key)) is None]
+    if undefined:
+        return False, [f"FAIL {key}: challenger has no finite value" for key in undefined]
     if champion is None:
         return True, ["no champion yet: promoted"]
     ok, reasons = True, []
@@ -251,6 +254,7 @@ def register(
             f"cannot register {run_dir}: missing {', '.join(missing)} "
             "(run pretrain, probe and evaluate first)"
         )
+    load_files(run_dir)  # refuses a diverged run (non-finite weights) before anything is logged
     meta = json.loads((run_dir / MODEL_META).read_text())
     metrics = load_eval_metrics(run_dir)
     name = model_name(cfg, meta)
@@ -340,7 +344,13 @@ def load_registered(
             except Exception:
                 local = None
         if local is None or not list(local.rglob(MODEL_WEIGHTS)):
-            local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=tmp))
+            from mlflow.exceptions import MlflowException
+
+            try:
+                local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=tmp))
+            except MlflowException as e:
+                reason = str(e.message).splitlines()[0] if str(e.message) else type(e).__name__
+                raise RegistryError(f"{uri}: cannot load the model ({reason})") from e
         found = sorted(local.rglob(MODEL_WEIGHTS))
         if not found:
             raise RegistryError(f"{uri}: no {MODEL_WEIGHTS} among the model's artifacts")
