@@ -410,16 +410,19 @@ def explain_files(
     from excon.artifacts import atomic_path
     from excon.data.sources.images import open_image
 
-    model, meta = load_registered(uri, tracking_uri=tracking_uri)
-    mode = "L" if meta["in_channels"] == 1 else "RGB"
-    h, w = _size(meta)
-    originals, batch = [], []
-    for p in image_paths:
-        im = open_image(p, mode)  # 16-bit files scaled, unreadable ones a DataError naming p
-        originals.append(im)
-        batch.append(np.asarray(im.resize((w, h), Image.Resampling.BILINEAR), dtype=np.uint8))
-    if not batch:
+    # images first: an unreadable file fails in one line before any model is downloaded
+    # (16-bit files scaled, unreadable ones a DataError naming the file)
+    originals = [open_image(p, "RGB") for p in image_paths]
+    if not originals:
         return []
+    model, meta = load_registered(uri, tracking_uri=tracking_uri)
+    if meta["in_channels"] == 1:
+        originals = [im.convert("L") for im in originals]  # 8-bit RGB -> L: nothing clipped
+    h, w = _size(meta)
+    batch = [
+        np.asarray(im.resize((w, h), Image.Resampling.BILINEAR), dtype=np.uint8)
+        for im in originals
+    ]
     probs, maps = explain_images(model, meta, np.stack(batch))
     names = meta.get("class_names") or [str(i) for i in range(meta["num_classes"])]
     out_dir = Path(out_dir)

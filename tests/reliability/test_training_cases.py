@@ -360,3 +360,37 @@ def test_a_hostile_pickle_in_a_checkpoint_is_refused(prepared, capsys, tmp_path)
     )
     assert "unreadable" in one_line(capsys, "pretrain")
     assert not (tmp_path / "pwned").exists()
+
+
+def test_a_corrupt_npy_in_the_prepared_data_is_one_line(prepared, capsys, tmp_path):
+    data = tmp_path / "data"
+    shutil.copytree(prepared, data)
+    blob = bytearray((data / "train_images.npy").read_bytes())
+    blob[-10:] = b"\xff" * 10  # flipped bytes: the manifest's sha256 no longer matches
+    (data / "train_images.npy").write_bytes(bytes(blob))
+    assert main(["pretrain", "--data", str(data), "--run-dir", str(tmp_path / "r"), *sets()]) == 2
+    assert "train_images.npy" in one_line(capsys, "pretrain")
+    assert not (tmp_path / "r" / "checkpoint.pt").exists()
+
+
+def test_kill_9_then_resume_gives_the_uninterrupted_weights(prepared, tmp_path):
+    """A real SIGKILL after the first epoch's checkpoint, then --resume: bitwise the weights
+    of a run never interrupted (each run in its own process, as a user would)."""
+    base = [sys.executable, "-m", "excon.cli", "pretrain", "--data", str(prepared)]
+    args = sets("train.epochs=2")
+    subprocess.run([*base, "--run-dir", str(tmp_path / "full"), *args], check=True)
+    victim = subprocess.Popen([*base, "--run-dir", str(tmp_path / "cut"), *args])
+    ckpt = tmp_path / "cut" / "checkpoint.pt"
+    deadline = time.monotonic() + 120
+    while not ckpt.exists() and victim.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    victim.kill()
+    victim.wait()
+    assert torch.load(ckpt, weights_only=True)["epoch"] < 2, "killed too late to test resume"
+    cmd = [*base, "--run-dir", str(tmp_path / "cut"), "--resume", *args]
+    subprocess.run(cmd, check=True)  # the stale lock is taken over, leftovers removed
+    full = load_file(str(tmp_path / "full" / MODEL_WEIGHTS))
+    resumed = load_file(str(tmp_path / "cut" / MODEL_WEIGHTS))
+    assert full.keys() == resumed.keys()
+    assert all(torch.equal(full[k], resumed[k]) for k in full)
+    no_leftovers(tmp_path / "cut")
