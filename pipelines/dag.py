@@ -41,6 +41,7 @@ STAGE_PARAMS: dict[str, list[str]] = {
         "train.sync_bn",
         "train.augment",
         "train.classifier_augment",
+        "train.nonfinite_tolerance",
     ],
     "probe": ["probe", "train.seed"],
     "evaluate_calibration": [
