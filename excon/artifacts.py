@@ -78,6 +78,22 @@ def write_text(path: str | Path, text: str) -> None:
         tmp.write_text(text)
 
 
+def write_csv(path: str | Path, rows: list[dict[str, Any]]) -> None:
+    """Rows as CSV with the union of their keys (first-seen order); a missing or non-finite
+    value is an empty cell. What `dvc plots` reads (it reads no JSON Lines)."""
+    import csv
+    import io
+
+    columns = list(dict.fromkeys(k for r in rows for k in r))
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, columns, restval="", lineterminator="\n")
+    writer.writeheader()
+    for r in rows:
+        writer.writerow({k: "" if v is None else v for k, v in finite_or_none(r).items()})
+    with atomic_path(path) as tmp:
+        tmp.write_text(buf.getvalue())
+
+
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
     with atomic_path(path) as tmp:
         torch.save(state, tmp)

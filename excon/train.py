@@ -34,6 +34,7 @@ from excon.seeds import stream_seed
 
 CHECKPOINT = "checkpoint.pt"
 METRICS_LOG = "metrics.jsonl"
+CURVES = "training.csv"  # the same rows for `dvc plots`
 SUMMARY = "summary.json"
 CONFIG = "config.json"  # the resolved parameters of the run
 FIGURES = "figures"  # training curves (every method) and ExCon's saliency grids
@@ -642,6 +643,7 @@ def _pretrain(
             },
         )
         artifacts.write_jsonl(run_dir / METRICS_LOG, history)
+        artifacts.write_csv(run_dir / CURVES, history)
         save_training_curves(run_dir / FIGURES / "training.png", history, method.name)
         if on_epoch is not None:
             on_epoch(row)

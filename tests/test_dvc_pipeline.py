@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.storage.conftest import bucket, s3_server  # noqa: F401 - fixtures shared with storage
+
 # Whole pipelines in subprocesses: slower than the suite default when the workers share 2 cores.
 pytestmark = pytest.mark.timeout(900)
 
@@ -119,6 +121,46 @@ def test_second_repro_is_a_no_op(study):
     again = run([*dvc, "repro"], repo, env)
     assert stages_run(again) == set()
     assert "up to date" in run([*dvc, "status"], repo, env)
+
+
+def test_a_teammate_restores_the_runs_from_the_remote(study, s3_server, bucket, tmp_path):  # noqa: F811
+    """Clone A pushes to a real S3 remote (SeaweedFS); clone B pulls: nothing is stale, nothing
+    reruns, and the report reads the pulled runs."""
+    repo, env, dvc, _ = study
+
+    def use_remote(where: Path) -> None:
+        run([*dvc, "remote", "add", "-f", "-d", "team", f"s3://{bucket}/dvc"], where, env)
+        run([*dvc, "remote", "modify", "team", "endpointurl", s3_server.endpoint], where, env)
+        for key, value in (
+            ("access_key_id", s3_server.access_key),
+            ("secret_access_key", s3_server.secret_key),
+        ):
+            run([*dvc, "remote", "modify", "--local", "team", key, value], where, env)
+
+    use_remote(repo)
+    run([*dvc, "push"], repo, env)
+    teammate = tmp_path / "teammate"
+    run(["git", "clone", "-q", str(repo), str(teammate)], tmp_path, env)
+    use_remote(teammate)
+    run([*dvc, "pull"], teammate, env)
+    status = run([*dvc, "status"], teammate, env)
+    assert "up to date" in status, status
+    assert stages_run(run([*dvc, "repro"], teammate, env)) == set()
+    for method in ("ce", "supcon", "excon"):
+        assert (teammate / f"runs/animals/{method}/model.safetensors").is_file()
+        assert (teammate / f"runs/animals/{method}/eval/robustness/metrics.json").is_file()
+    runs = [f"runs/animals/{m}" for m in ("ce", "supcon", "excon")]
+    report = ["excon", "report", "--runs", *runs, "--out", str(tmp_path / "report")]
+    out = run([*report, "--set", "tracking.enabled=false"], teammate, env)
+    assert "| top-1 ↑ |" in out
+
+
+def test_plots_show_renders(study, tmp_path):
+    repo, env, dvc, _ = study
+    run([*dvc, "plots", "show", "-o", str(tmp_path / "plots")], repo, env)
+    page = (tmp_path / "plots" / "index.html").read_text()
+    for name in ("robustness (accuracy vs eps)", "reliability (clean test)", "training.csv"):
+        assert name in page, name
 
 
 def test_metrics_show(study):
