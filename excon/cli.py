@@ -254,6 +254,9 @@ def cmd_register(args: argparse.Namespace) -> int:
     cfg = _config(args, [f"method.name={args.method}"] if args.method else [])
     out = run_dir(cfg, args.run_dir)
     result = stages.register(cfg, out, data_dir(cfg, args.data))
+    if result["version"] is None:  # a DVC experiment: nothing registered
+        print(result["decision"])
+        return 0
     print(f"registered {result['name']} version {result['version']}: {result['decision']}")
     for line in result["reasons"]:
         print(f"  {line}")

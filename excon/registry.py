@@ -23,16 +23,23 @@ criterion: it cannot be shown to be at least as good. A metric only the *champio
 skipped (nothing to compare against, like the no-champion case) and said so in the reasons.
 The decision (`gate.decision` = promoted/rejected/manual) and one line per criterion with both
 values (`gate.reasons`) are tagged on the version.
+
+Like with like: each version is tagged with the sha256 of its weights, the DVC hash of the data
+it was evaluated on and a digest of the evaluation settings (+ the settings as JSON). A champion
+evaluated on other data or with other settings is not compared (`gate.decision` = not compared,
+one reason naming what differs); the same weights are never registered twice; under a DVC
+experiment nothing is registered unless `tracking.register_experiments`.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
 import math
 import os
 import sys
 import tempfile
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +59,20 @@ PROBE_HEAD = "probe_head.safetensors"  # = excon.probe.PROBE_HEAD (not imported:
 CHAMPION, CHALLENGER = "champion", "challenger"
 MODEL_ARTIFACT = "model"
 METRIC_TAG = "metric."
+# Version tags: what the model is (its weights), what it was evaluated on and how, and where
+# it came from. Two versions are compared only when data hash and eval settings agree.
+WEIGHTS_TAG = "excon.weights_sha256"
+DATA_TAG = "excon.data_hash"
+SETTINGS_TAG = "excon.eval_settings"
+SETTINGS_JSON_TAG = "excon.eval_settings_json"
+TRAIN_RUN_TAG = "excon.train_run_id"
+NOT_COMPARED = "not compared"
+# eval keys that do not change what is measured: where corrupted sets are cached, how many
+# images the Grad-CAM figure shows, and the batch size (eval-mode inference is per image; it
+# only changes which PGD random start each image draws: the same distribution, not another
+# test).
+RESULT_NEUTRAL_EVAL_KEYS = ("batch_size", "shift_cache", "grid_images")
+_ABSENT = object()
 
 # (metric, direction, tolerance field): +1 higher is better, -1 lower is better
 GATE = (
@@ -215,6 +236,49 @@ def gate(cfg: Config, challenger: dict, champion: dict | None) -> tuple[bool, li
     return ok, reasons
 
 
+def eval_settings(cfg: Config) -> dict[str, Any]:
+    """The evaluation settings two versions must share for their metrics to be compared."""
+    settings = dataclasses.asdict(cfg.eval)
+    return {k: v for k, v in sorted(settings.items()) if k not in RESULT_NEUTRAL_EVAL_KEYS}
+
+
+def settings_digest(settings: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def weights_sha256(run_dir: Path) -> str:
+    """A model's identity: the sha256 of its encoder and probe head weight files."""
+    return tracking.file_sha256(Path(run_dir) / MODEL_WEIGHTS, Path(run_dir) / PROBE_HEAD)
+
+
+def like_with_like(challenger: dict[str, str], champion: Any) -> str | None:
+    """None when the challenger's tags and the champion version say both were evaluated on the
+    same data with the same settings, else one line naming what differs. A tag either side
+    lacks (a version registered before these tags existed) is no difference."""
+    theirs = champion.tags or {}
+    differs = []
+    new, old = challenger.get(DATA_TAG), theirs.get(DATA_TAG)
+    if new and old and new != old:
+        differs.append(f"on other data (data hash {old[:12]} vs {new[:12]})")
+    new, old = challenger.get(SETTINGS_TAG), theirs.get(SETTINGS_TAG)
+    if new and old and new != old:
+        differs.append(f"with other settings ({_settings_diff(challenger, theirs)})")
+    if not differs:
+        return None
+    return f"champion v{champion.version} was evaluated {' and '.join(differs)}"
+
+
+def _settings_diff(challenger: dict[str, str], champion: dict[str, str]) -> str:
+    """`key champion-value vs challenger-value, ...`, or the two digests when a JSON is lost."""
+    try:
+        new = json.loads(challenger[SETTINGS_JSON_TAG])
+        old = json.loads(champion[SETTINGS_JSON_TAG])
+    except (KeyError, ValueError):
+        return f"{champion.get(SETTINGS_TAG)} vs {challenger.get(SETTINGS_TAG)}"
+    keys = sorted(k for k in {*new, *old} if new.get(k, _ABSENT) != old.get(k, _ABSENT))
+    return ", ".join(f"{k} {json.dumps(old.get(k))} vs {json.dumps(new.get(k))}" for k in keys)
+
+
 def _version_metrics(version: Any) -> dict[str, float | None]:
     tags = version.tags or {}
     return {key: _number(tags.get(METRIC_TAG + key)) for key, _, _ in GATE}
@@ -229,23 +293,12 @@ def _champion(client: Any, name: str) -> Any | None:
         return None
 
 
-def register(
-    cfg: Config, run_dir: Path, data_dir: Path | None = None, source: str | None = None
-) -> dict:
-    """Log the run in `run_dir` as a pyfunc model, register a new version with alias
-    `challenger`, and move `champion` to it when it passes the gate.
-
-    `source` (default: run_dir) is where the run's files live, recorded as a tag; orchestrators
-    pass their artifact URI. Returns {name, version, decision, reasons}."""
+def _checked_run(run_dir: Path) -> tuple[dict, dict]:
+    """(model.json, eval metrics) of a complete, finite run; refused before anything is
+    logged when a file is missing or a weight is not finite."""
     from excon.evaluate import PARTS
     from excon.evaluate.report import EVAL_DIR, EVAL_METRICS, load_eval_metrics
 
-    if not cfg.tracking.enabled:
-        raise RegistryError(
-            "registering a model needs MLflow tracking, which is off (tracking.enabled: false); "
-            "turn it on or drop --set tracking.enabled=false"
-        )
-    run_dir = Path(run_dir)
     files = [run_dir / f for f in (MODEL_WEIGHTS, MODEL_META, PROBE_HEAD)]
     evals = [run_dir / EVAL_DIR / part / EVAL_METRICS for part in PARTS]
     missing = [str(f) for f in [*files, *evals] if not f.is_file()]
@@ -254,57 +307,164 @@ def register(
             f"cannot register {run_dir}: missing {', '.join(missing)} "
             "(run pretrain, probe and evaluate first)"
         )
-    load_files(run_dir)  # refuses a diverged run (non-finite weights) before anything is logged
-    meta = json.loads((run_dir / MODEL_META).read_text())
-    metrics = load_eval_metrics(run_dir)
+    load_files(run_dir)  # refuses a diverged run (non-finite weights)
+    return json.loads((run_dir / MODEL_META).read_text()), load_eval_metrics(run_dir)
+
+
+def skipped_decision(experiment: str) -> str:
+    return (
+        f"skipped: experiment {experiment}; "
+        "pass --set tracking.register_experiments=true to register"
+    )
+
+
+def register(
+    cfg: Config, run_dir: Path, data_dir: Path | None = None, source: str | None = None
+) -> dict:
+    """Log the run in `run_dir` as a pyfunc model, register a new version with alias
+    `challenger`, and move `champion` to it when it passes the gate.
+
+    Nothing is logged under a DVC experiment unless `tracking.register_experiments`, nor for
+    weights already registered (that version is returned). `source` (default: run_dir) is
+    where the run's files live, recorded as a tag; orchestrators pass their artifact URI.
+    Returns {name, version, decision, reasons}."""
+    run_dir = Path(run_dir)
+    meta, metrics = _checked_run(run_dir)
     name = model_name(cfg, meta)
+    experiment = tracking.dvc_experiment()
+    if experiment and not getattr(cfg.tracking, "register_experiments", False):
+        return {
+            "name": name,
+            "version": None,
+            "decision": skipped_decision(experiment),
+            "reasons": [],
+        }
+    if not cfg.tracking.enabled:
+        raise RegistryError(
+            "registering a model needs MLflow tracking, which is off (tracking.enabled: false); "
+            "turn it on or drop --set tracking.enabled=false"
+        )
     tracking.preflight(cfg)
+    client = tracking.configure(cfg).MlflowClient()
+    digest = weights_sha256(run_dir)
+    existing = _version_with_weights(client, name, digest)
+    if existing is not None:
+        then = (existing.tags or {}).get("gate.decision", "unknown")
+        return {
+            "name": name,
+            "version": int(existing.version),
+            "decision": f"already registered as version {existing.version}",
+            "reasons": [f"same weights (sha256 {digest[:12]}); its gate decision: {then}"],
+        }
+    settings = eval_settings(cfg)
+    tags = {
+        "excon.run_dir": source or str(run_dir),
+        "excon.method": str(meta.get("method")),
+        "excon.dataset": str(meta.get("dataset")),
+        WEIGHTS_TAG: digest,
+        SETTINGS_TAG: settings_digest(settings),
+        SETTINGS_JSON_TAG: json.dumps(settings, sort_keys=True),
+        **{
+            METRIC_TAG + key: repr(float(metrics[key]))
+            for key, _, _ in GATE
+            if _number(metrics.get(key)) is not None
+        },
+    }
+    data = tracking.data_hash(data_dir) if data_dir is not None else None
+    if data:
+        tags[DATA_TAG] = data
+    number = _log_version(cfg, run_dir, meta, metrics, data_dir, name, tags)
+    decision, reasons = _decide(cfg, client, name, number)
+    return {"name": name, "version": number, "decision": decision, "reasons": reasons}
+
+
+def _version_with_weights(client: Any, name: str, digest: str) -> Any | None:
+    found = client.search_model_versions(
+        f"name = '{name}' and tags.`{WEIGHTS_TAG}` = '{digest}'", max_results=1
+    )
+    return found[0] if found else None
+
+
+def _log_version(
+    cfg: Config,
+    run_dir: Path,
+    meta: dict,
+    metrics: dict,
+    data_dir: Path | None,
+    name: str,
+    tags: dict[str, str],
+) -> int:
+    """Log the pyfunc model in a `register` run and register it as a new version of `name`,
+    linked to that run; returns the version number."""
     mlflow = tracking.configure(cfg)
-    client = mlflow.MlflowClient()
     with tracking.stage_run(cfg, "register", meta.get("method"), data_dir) as tracker:
         if tracker.run_id is None:
             raise RegistryError(f"could not start an MLflow run at {tracking.tracking_uri(cfg)}")
         tracker.log_metrics(metrics)
+        train_run = _train_run_id(mlflow, run_dir)
+        if train_run:
+            tags = {**tags, TRAIN_RUN_TAG: train_run}
         with tempfile.TemporaryDirectory() as tmp:
             code = Path(tmp) / "excon_model.py"
             code.write_text(_MODEL_CODE)
-            with warnings.catch_warnings():  # no input example: the signature says it all
-                warnings.filterwarnings("ignore", message=".*input example.*")
-                info = mlflow.pyfunc.log_model(
-                    name=MODEL_ARTIFACT,
-                    python_model=str(code),
-                    artifacts={f.name: str(f) for f in files},
-                    code_paths=[str(Path(__file__).parent)],
-                    pip_requirements=_requirements(),
-                    signature=_signature(meta),
-                )
-        tags = {
-            "excon.run_dir": source or str(run_dir),
-            "excon.method": str(meta.get("method")),
-            "excon.dataset": str(meta.get("dataset")),
-            **{
-                METRIC_TAG + key: repr(float(metrics[key]))
-                for key, _, _ in GATE
-                if _number(metrics.get(key)) is not None
-            },
-        }
+            info = mlflow.pyfunc.log_model(
+                name=MODEL_ARTIFACT,
+                python_model=str(code),
+                artifacts={f: str(run_dir / f) for f in (MODEL_WEIGHTS, MODEL_META, PROBE_HEAD)},
+                code_paths=[str(Path(__file__).parent)],
+                pip_requirements=_requirements(),
+                signature=_signature(meta),
+                input_example=input_example(meta),
+            )
         version = mlflow.register_model(info.model_uri, name, tags=tags)
-    number = int(version.version)
+    return int(version.version)
+
+
+def input_example(meta: dict) -> np.ndarray:
+    """A tiny uint8 batch [2, 8, 8, C] (resized to the training size like any input): written
+    as serving_input_example.json beside the model, and served once when it is logged."""
+    rng = np.random.default_rng(0)
+    return rng.integers(0, 256, (2, 8, 8, meta["in_channels"]), dtype=np.uint8)
+
+
+def _train_run_id(mlflow: Any, run_dir: Path) -> str | None:
+    """The pretrain run that wrote this encoder (tagged with its sha256), if it is in the
+    experiment; a lookup failure only loses the link."""
+    digest = tracking.file_sha256(run_dir / MODEL_WEIGHTS)
+    try:
+        found = mlflow.search_runs(
+            filter_string=f"tags.`{tracking.MODEL_SHA256_TAG}` = '{digest}' "
+            "and tags.`excon.stage` = 'pretrain'",
+            order_by=["attributes.start_time DESC"],
+            max_results=1,
+            output_format="list",
+        )
+    except Exception:
+        return None
+    return found[0].info.run_id if found else None
+
+
+def _decide(cfg: Config, client: Any, name: str, number: int) -> tuple[str, list[str]]:
+    """Alias the new version `challenger`, hold it against the champion (like with like, then
+    the gate), tag the decision and move `champion` when it passed."""
     client.set_registered_model_alias(name, CHALLENGER, str(number))
+    version = client.get_model_version(name, str(number))
     champ = _champion(client, name)
-    passed, reasons = gate(
-        cfg,
-        _version_metrics(client.get_model_version(name, str(number))),
-        None if champ is None else _version_metrics(champ),
-    )
-    if champ is not None:
-        reasons.insert(0, f"champion: version {champ.version}")
-    decision = "promoted" if passed else "rejected"
+    mismatch = None if champ is None else like_with_like(version.tags or {}, champ)
+    if mismatch:
+        passed, decision, reasons = False, NOT_COMPARED, [mismatch]
+    else:
+        passed, reasons = gate(
+            cfg, _version_metrics(version), None if champ is None else _version_metrics(champ)
+        )
+        if champ is not None:
+            reasons.insert(0, f"champion: version {champ.version}")
+        decision = "promoted" if passed else "rejected"
     client.set_model_version_tag(name, str(number), "gate.decision", decision)
     client.set_model_version_tag(name, str(number), "gate.reasons", "\n".join(reasons))
     if passed:
         client.set_registered_model_alias(name, CHAMPION, str(number))
-    return {"name": name, "version": number, "decision": decision, "reasons": reasons}
+    return decision, reasons
 
 
 def promote(cfg: Config, name: str, version: int) -> None:
@@ -420,8 +580,7 @@ def explain_files(
         originals = [im.convert("L") for im in originals]  # 8-bit RGB -> L: nothing clipped
     h, w = _size(meta)
     batch = [
-        np.asarray(im.resize((w, h), Image.Resampling.BILINEAR), dtype=np.uint8)
-        for im in originals
+        np.asarray(im.resize((w, h), Image.Resampling.BILINEAR), dtype=np.uint8) for im in originals
     ]
     probs, maps = explain_images(model, meta, np.stack(batch))
     names = meta.get("class_names") or [str(i) for i in range(meta["num_classes"])]

@@ -43,7 +43,8 @@ def pretrain(
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict:
     """Pre-train cfg.method.name: params, per-epoch metrics and figures go to MLflow."""
-    from excon.tracking import stage_run
+    from excon.artifacts import MODEL_WEIGHTS
+    from excon.tracking import MODEL_SHA256_TAG, file_sha256, stage_run
     from excon.train import pretrain as train
 
     def log_epoch(row: dict[str, Any]) -> None:
@@ -55,9 +56,11 @@ def pretrain(
 
     if not launched().is_main:  # under torchrun only rank 0 tracks (and writes) the run
         cfg = dataclasses.replace(cfg, tracking=dataclasses.replace(cfg.tracking, enabled=False))
-    with stage_run(cfg, "pretrain", cfg.method.name, data) as run:
+    with stage_run(cfg, "pretrain", cfg.method.name, data, system_metrics=True) as run:
         summary = train(cfg, data, out, resume=resume, on_epoch=log_epoch)
         run.log_metrics({"train_seconds": summary["train_seconds"]})  # the rest is per epoch
+        if (out / MODEL_WEIGHTS).is_file():  # how `register` finds this run (excon.train_run_id)
+            run.set_tags({MODEL_SHA256_TAG: file_sha256(out / MODEL_WEIGHTS)})
         run.log_artifacts(out / "figures", "figures")
         for name in ("summary.json", "config.json", "model.json", "metrics.jsonl"):
             run.log_artifact(out / name)

@@ -5,6 +5,11 @@ stage in its own process, so the parent's id travels in the environment
 (`EXCON_PARENT_RUN_ID`, set by `make run` through `python -m excon.tracking start-parent`);
 without it, each stage's run stands alone.
 
+Lineage on every run: the git commit (`$EXCON_GIT_COMMIT`, baked into the cluster image, else
+`git rev-parse HEAD`), and for stages that read the prepared data an MLflow dataset input whose
+digest is DVC's hash of it. Under DVC the default store is the repository's own `mlflow.db`, also
+from a queued experiment's temporary copy of the repository (`dvc_root`).
+
 Logging never costs finished work: the stage writes its artifacts to disk first, and a logging
 failure after that is reported in one line and does not fail the stage. An unreachable tracking
 server is detected before any work starts (`preflight`), in one line, unless tracking is off
@@ -15,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import importlib.util
 import json
 import logging
 import os
@@ -34,6 +40,24 @@ PARENT_ENV = "EXCON_PARENT_RUN_ID"
 PIPELINE_RUN_ENV = "EXCON_PIPELINE_RUN"
 PIPELINE_RUN_TAG = "excon.pipeline_run"
 DEFAULT_URI = "sqlite:///mlflow.db"
+# sha256 of model.safetensors, tagged on the pretrain run: how a registered version finds the
+# run that trained its encoder, even when DVC reused that stage's outputs from an older run.
+MODEL_SHA256_TAG = "excon.model_sha256"
+# The image's commit on the cluster, where the source tree is no git checkout.
+GIT_COMMIT_ENV = "EXCON_GIT_COMMIT"
+# What DVC puts in a stage command's environment (dvc/env.py; dvc/stage/run.py:prepare_kwargs
+# sets DVC_ROOT for every stage; dvc/repo/experiments/queue/base.py:_stash_exp adds the EXP ones
+# for every `dvc exp run`: workspace, --temp and --queue alike, and points DVC_ROOT at the
+# original repository, not at the executor's copy under .dvc/tmp/exps/).
+DVC_ROOT_ENV = "DVC_ROOT"
+DVC_EXP_NAME_ENV = "DVC_EXP_NAME"
+DVC_EXP_BASELINE_ENV = "DVC_EXP_BASELINE_REV"
+# System metrics (CPU, memory, GPU, disk) of training runs: a sample every 10 s, one averaged
+# point every 30 s; hours of training stay a few hundred points. The environment may override.
+SYSTEM_METRICS_ENV = {
+    "MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL": "10",
+    "MLFLOW_SYSTEM_METRICS_SAMPLES_BEFORE_LOGGING": "3",
+}
 
 
 class TrackingError(RuntimeError):
@@ -45,7 +69,36 @@ class RegistryError(RuntimeError):
 
 
 def tracking_uri(cfg: Config) -> str:
-    return cfg.tracking.uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI
+    uri = cfg.tracking.uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI
+    return anchor_sqlite(uri, dvc_root())
+
+
+def dvc_root() -> Path | None:
+    """The repository DVC runs this stage for: $DVC_ROOT, which `dvc exp run` sets to the
+    original repository even when the stage runs in a temporary copy (`--temp`, `--queue`:
+    .dvc/tmp/exps/...), deleted once the experiment is committed. None outside DVC."""
+    root = os.environ.get(DVC_ROOT_ENV)
+    return Path(root) if root else None
+
+
+def anchor_sqlite(uri: str, root: Path | None) -> str:
+    """A relative `sqlite:///file.db` names a file of the repository `root`, not of the working
+    directory: under a queued experiment the working directory is a throw-away copy, and a
+    relative store there would be a new empty one, deleted with the copy."""
+    prefix = "sqlite:///"
+    if root is None or not uri.startswith(prefix):
+        return uri
+    path = uri[len(prefix) :]
+    if not path or path.startswith("/") or path.startswith(":memory:"):
+        return uri
+    return prefix + str((Path(root) / path).resolve())
+
+
+def dvc_experiment() -> str | None:
+    """The name of the DVC experiment this stage runs in (`dvc exp run`, any mode), else None."""
+    if not (os.environ.get(DVC_EXP_NAME_ENV) or os.environ.get(DVC_EXP_BASELINE_ENV)):
+        return None
+    return os.environ.get(DVC_EXP_NAME_ENV) or "unnamed"
 
 
 def _mlflow() -> Any:
@@ -54,6 +107,8 @@ def _mlflow() -> Any:
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
     import mlflow
 
+    for key, value in SYSTEM_METRICS_ENV.items():
+        os.environ.setdefault(key, value)
     # Store creation and migrations log at INFO on every new SQLite file: noise in stage logs.
     for name in ("mlflow", "alembic"):
         logging.getLogger(name).setLevel(logging.WARNING)
@@ -76,7 +131,7 @@ def preflight(cfg: Config) -> None:
     try:
         _reachable(uri)
         mlflow = configure(cfg)
-        mlflow.set_experiment(cfg.tracking.experiment)
+        set_experiment(mlflow, cfg)
     except Exception as e:  # any failure here means "cannot track": say which store and why
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise TrackingError(
@@ -104,7 +159,26 @@ def _reachable(uri: str, timeout: float = 4.0) -> None:
         raise OSError(f"cannot connect to {parts.hostname}:{port}: {e.strerror or e}") from None
 
 
+def set_experiment(mlflow: Any, cfg: Config) -> Any:
+    """mlflow.set_experiment, creating a missing experiment of a local SQLite store with its
+    artifacts beside the store file. MLflow's default is ./mlruns of the working directory at
+    creation time, which for a queued DVC experiment is the temporary copy (deleted)."""
+    name = cfg.tracking.experiment
+    uri = tracking_uri(cfg)
+    if uri.startswith("sqlite:///") and mlflow.get_experiment_by_name(name) is None:
+        store = Path(uri[len("sqlite:///") :]).resolve()
+        folder = "".join(c if c.isalnum() or c in "._-" else "_" for c in name)
+        with contextlib.suppress(Exception):  # created meanwhile by a concurrent stage
+            mlflow.create_experiment(
+                name, artifact_location=(store.parent / "mlruns" / folder).as_uri()
+            )
+    return mlflow.set_experiment(name)
+
+
 def git_commit() -> str | None:
+    """$EXCON_GIT_COMMIT (the image's commit on the cluster) wins over the checkout's HEAD."""
+    if os.environ.get(GIT_COMMIT_ENV):
+        return os.environ[GIT_COMMIT_ENV].strip()
     try:
         out = subprocess.run(
             ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=True
@@ -129,6 +203,45 @@ def data_hash(data_dir: Path) -> str | None:
     if manifest.is_file():
         return hashlib.sha256(manifest.read_bytes()).hexdigest()
     return None
+
+
+def file_sha256(*paths: Path) -> str:
+    """sha256 over the bytes of `paths`, in order (a model's identity: its weight files)."""
+    digest = hashlib.sha256()
+    for path in paths:
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+def commit_tags(commit: str | None) -> dict[str, str]:
+    """The commit under our tag and MLflow's own (which its UI links to the source)."""
+    return {"git.commit": commit, "mlflow.source.git.commit": commit} if commit else {}
+
+
+def log_dataset(mlflow: Any, cfg: Config, data_dir: Path, digest: str | None, context: str) -> None:
+    """The prepared data as the run's MLflow dataset input: name = the dataset, source = the
+    prepared directory, digest = its DVC hash (MLflow keeps 36 characters: a DVC directory
+    hash `<md5>.dir` fits; the full hash is the input's `excon.data_hash` tag)."""
+    import warnings
+
+    from mlflow.data.dataset_source_registry import resolve_dataset_source
+    from mlflow.data.meta_dataset import MetaDataset
+
+    with warnings.catch_warnings():  # "can be interpreted in multiple ways": local either way
+        warnings.simplefilter("ignore", UserWarning)
+        source = resolve_dataset_source(str(Path(data_dir).resolve()))
+    name = _manifest(data_dir).get("dataset") or cfg.data.dataset
+    dataset = MetaDataset(source, name=name, digest=digest[:36] if digest else None)
+    mlflow.log_input(dataset, context=context, tags={"excon.data_hash": digest or "unknown"})
+
+
+def _manifest(data_dir: Path) -> dict:
+    try:
+        return json.loads((Path(data_dir) / "manifest.json").read_text())
+    except (OSError, ValueError):
+        return {}
 
 
 def flatten(cfg: Config) -> dict[str, Any]:
@@ -161,6 +274,10 @@ class StageRun:
         if numeric and self._mlflow is not None:
             self._safely("log_metrics", self._mlflow.log_metrics, numeric, step=step)
 
+    def set_tags(self, tags: dict[str, str]) -> None:
+        if tags and self._mlflow is not None:
+            self._safely("set_tags", self._mlflow.set_tags, tags)
+
     def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
         if Path(path).is_file() and self._mlflow is not None:
             self._safely("log_artifact", self._mlflow.log_artifact, str(path), artifact_path)
@@ -177,30 +294,35 @@ def _metric_key(key: str) -> str:
 
 @contextlib.contextmanager
 def stage_run(
-    cfg: Config, stage: str, method: str | None = None, data_dir: Path | None = None
+    cfg: Config,
+    stage: str,
+    method: str | None = None,
+    data_dir: Path | None = None,
+    system_metrics: bool = False,
 ) -> Iterator[StageRun]:
     """A child run (of $EXCON_PARENT_RUN_ID when set) tagged with stage, method, seed, git
-    commit and the prepared data's hash, with every parameter logged."""
+    commit and the prepared data's hash, with every parameter logged and the prepared data as
+    its dataset input. `system_metrics`: MLflow samples CPU/GPU/memory while the run lasts
+    (when psutil is installed)."""
     if not cfg.tracking.enabled:
         yield StageRun(None, None)
         return
     mlflow = configure(cfg)
     try:
-        experiment = mlflow.set_experiment(cfg.tracking.experiment)
+        experiment = set_experiment(mlflow, cfg)
         parent = os.environ.get(PARENT_ENV) or _pipeline_parent(mlflow, experiment)
         tags = {"excon.stage": stage, "excon.seed": str(cfg.train.seed)}
         if method:
             tags["excon.method"] = method
         if parent:
             tags["mlflow.parentRunId"] = parent
-        commit = git_commit()
-        if commit:
-            tags["git.commit"] = commit
+        tags.update(commit_tags(git_commit()))
         digest = data_hash(data_dir) if data_dir is not None else None
         if digest:
             tags["excon.data_hash"] = digest
         name = f"{stage}-{method}" if method else stage
-        run = mlflow.start_run(run_name=name, tags=tags)
+        monitor = system_metrics and importlib.util.find_spec("psutil") is not None
+        run = mlflow.start_run(run_name=name, tags=tags, log_system_metrics=monitor)
     except Exception as e:
         print(f"[tracking] could not start a run, results kept on disk only: {e}", file=sys.stderr)
         yield StageRun(None, None)
@@ -210,6 +332,11 @@ def stage_run(
         k: json.dumps(v) if isinstance(v, (list, dict)) else v for k, v in flatten(cfg).items()
     }
     tracker._safely("log_params", mlflow.log_params, params)
+    if data_dir is not None:
+        try:  # lineage is worth a warning, not the run's metrics: not through _safely
+            log_dataset(mlflow, cfg, Path(data_dir), digest, stage)
+        except Exception as e:
+            print(f"[tracking] log_input failed, no dataset input: {e}", file=sys.stderr)
     status = "FAILED"
     try:
         yield tracker
@@ -239,9 +366,8 @@ def start_parent(cfg: Config) -> str:
     $EXCON_PIPELINE_RUN when set, so the run's tasks find it)."""
     preflight(cfg)
     mlflow = configure(cfg)
-    mlflow.set_experiment(cfg.tracking.experiment)
-    commit = git_commit()
-    tags = {"excon.stage": "pipeline", **({"git.commit": commit} if commit else {})}
+    set_experiment(mlflow, cfg)
+    tags = {"excon.stage": "pipeline", **commit_tags(git_commit())}
     if os.environ.get(PIPELINE_RUN_ENV):
         tags[PIPELINE_RUN_TAG] = os.environ[PIPELINE_RUN_ENV]
     run = mlflow.start_run(run_name=f"study-{cfg.data.dataset}", tags=tags)

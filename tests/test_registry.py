@@ -6,7 +6,10 @@ writers (save_model, save_probe_head) and hand-set eval metrics, so every gate d
 
 from __future__ import annotations
 
+import hashlib
 import json
+import shutil
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +17,7 @@ import pytest
 import torch
 from PIL import Image
 
-from excon import registry
+from excon import registry, tracking
 from excon.artifacts import model_meta, save_model
 from excon.config import load_config
 from excon.models import ExConNet
@@ -192,3 +195,174 @@ def test_register_missing_eval_is_clear(store, tmp_path):
     (run / "eval" / "robustness" / "metrics.json").unlink()
     with pytest.raises(registry.RegistryError, match=r"eval/robustness/metrics\.json"):
         registry.register(config(store), run)
+
+
+# --------------------------------------------------------------------------------------------
+# registry hygiene: experiments, duplicates, like with like, lineage
+
+
+@pytest.fixture(autouse=True)
+def outside_dvc(monkeypatch):
+    """No test here runs as a DVC stage unless it says so."""
+    for var in ("DVC_ROOT", "DVC_EXP_NAME", "DVC_EXP_BASELINE_REV", "EXCON_GIT_COMMIT"):
+        monkeypatch.delenv(var, raising=False)
+
+
+def prepared_dir(path: Path, content: str = "a") -> Path:
+    """A stand-in prepared directory: data_hash falls back to its manifest's sha256."""
+    path.mkdir(parents=True)
+    (path / "manifest.json").write_text(json.dumps({"dataset": "blobs", "content": content}))
+    return path
+
+
+def versions(name: str) -> list:
+    return mlflow.MlflowClient().search_model_versions(f"name = '{name}'")
+
+
+def register_runs() -> int:
+    runs = mlflow.search_runs(experiment_names=["reg-test"], output_format="list")
+    return sum(r.data.tags.get("excon.stage") == "register" for r in runs)
+
+
+def test_an_experiment_registers_nothing_unless_asked(store, tmp_path, monkeypatch, capsys):
+    from excon.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    run = make_run(tmp_path / "r", GOOD, seed=5)
+    # what DVC puts in every stage's environment under `dvc exp run` (queue/base.py:_stash_exp)
+    monkeypatch.setenv("DVC_EXP_NAME", "urban-sash")
+    monkeypatch.setenv("DVC_EXP_BASELINE_REV", "0" * 40)
+    monkeypatch.setenv("DVC_ROOT", str(tmp_path))
+    before = register_runs()
+    sets = [f"tracking.uri={store}", "tracking.experiment=reg-test", "tracking.model_name=x-exp"]
+    argv = ["register", "--run-dir", str(run), *[a for s in sets for a in ("--set", s)]]
+    assert main(argv) == 0
+    line = (
+        "skipped: experiment urban-sash; pass --set tracking.register_experiments=true to register"
+    )
+    assert capsys.readouterr().out.strip() == line
+    assert json.loads((run / "registered.json").read_text())["decision"] == line
+    assert versions("x-exp") == [] and register_runs() == before
+
+    cfg = config(store, "tracking.model_name=x-exp")
+    cfg.tracking.register_experiments = True  # (the field may not exist yet: read by getattr)
+    asked = registry.register(cfg, run)
+    assert asked["version"] == 1 and asked["decision"] == "promoted"
+    assert register_runs() == before + 1
+
+
+def test_a_plain_dvc_repro_registers(store, tmp_path, monkeypatch):
+    monkeypatch.setenv("DVC_ROOT", str(tmp_path))  # dvc repro sets DVC_ROOT and DVC_STAGE only
+    monkeypatch.setenv("DVC_STAGE", "register@ce")
+    out = registry.register(config(store, "tracking.model_name=x-repro"), make_run(tmp_path, GOOD))
+    assert out["decision"] == "promoted"
+
+
+def test_the_same_weights_are_registered_once(store, tmp_path):
+    cfg = config(store, "tracking.model_name=x-dup")
+    first = registry.register(cfg, make_run(tmp_path / "r1", GOOD, seed=6))
+    shutil.copytree(tmp_path / "r1", tmp_path / "copy")  # the same files elsewhere (a DVC rerun)
+    before = register_runs()
+    again = registry.register(cfg, tmp_path / "copy")
+    assert again["version"] == first["version"] == 1
+    assert again["decision"] == "already registered as version 1"
+    assert len(versions("x-dup")) == 1 and register_runs() == before
+    other = registry.register(cfg, make_run(tmp_path / "r2", GOOD, seed=7))  # other weights
+    assert other["version"] == 2
+    tags = {str(v.version): v.tags["excon.weights_sha256"] for v in versions("x-dup")}
+    assert tags["1"] == registry.weights_sha256(tmp_path / "r1") != tags["2"]
+    both = (tmp_path / "r1" / "model.safetensors").read_bytes()
+    both += (tmp_path / "r1" / "probe_head.safetensors").read_bytes()
+    assert tags["1"] == hashlib.sha256(both).hexdigest()
+
+
+def test_a_champion_evaluated_otherwise_is_not_compared(store, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # no dvc.lock: data_hash is the manifest's sha256
+    data = prepared_dir(tmp_path / "data")
+    client = mlflow.MlflowClient()
+    name = "x-like"
+    champ = registry.register(
+        config(store, f"tracking.model_name={name}"), make_run(tmp_path / "r1", GOOD, seed=8), data
+    )
+    assert champ["decision"] == "promoted"
+
+    cfg = config(store, f"tracking.model_name={name}", "eval.attack_images=500")
+    other = registry.register(cfg, make_run(tmp_path / "r2", BETTER, seed=9), data)
+    assert other["decision"] == "not compared"
+    assert other["reasons"] == [
+        "champion v1 was evaluated with other settings (attack_images null vs 500)"
+    ]
+    assert int(client.get_model_version_by_alias(name, "champion").version) == 1
+    tags = client.get_model_version(name, "2").tags
+    assert tags["gate.decision"] == "not compared" and tags["gate.reasons"] == other["reasons"][0]
+    assert json.loads(tags["excon.eval_settings_json"])["attack_images"] == 500
+
+    moved = prepared_dir(tmp_path / "data2", content="b")  # other data, same settings
+    third = registry.register(
+        config(store, f"tracking.model_name={name}"),
+        make_run(tmp_path / "r3", BETTER, seed=10),
+        moved,
+    )
+    assert third["decision"] == "not compared"
+    (reason,) = third["reasons"]
+    assert reason.startswith("champion v1 was evaluated on other data (data hash ")
+
+    # keys that do not change a result (batch size, cache path, figure size) do not block
+    neutral = config(
+        store,
+        f"tracking.model_name={name}",
+        "eval.batch_size=7",
+        "eval.grid_images=2",
+        "eval.shift_cache=elsewhere",
+    )
+    fourth = registry.register(neutral, make_run(tmp_path / "r4", BETTER, seed=11), data)
+    assert fourth["decision"] == "promoted", fourth["reasons"]
+
+
+def test_like_with_like_ignores_tags_a_champion_predates():
+    from types import SimpleNamespace
+
+    new = {"excon.data_hash": "abc", "excon.eval_settings": "s1"}
+    old = SimpleNamespace(version="3", tags={})
+    assert registry.like_with_like(new, old) is None  # registered before the tags: compared
+    old.tags = {"excon.data_hash": "abc", "excon.eval_settings": "s2"}
+    assert registry.like_with_like(new, old) == (
+        "champion v3 was evaluated with other settings (s2 vs s1)"  # no JSON: the digests
+    )
+    old.tags["excon.data_hash"] = "xyz"
+    assert "on other data" in registry.like_with_like(new, old)
+    assert " and with other settings" in registry.like_with_like(new, old)
+
+
+def test_a_version_carries_its_lineage(store, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("EXCON_GIT_COMMIT", "f" * 40)  # the image's commit wins over git HEAD
+    # (MLflow keeps one dataset per name and digest in an experiment: content of its own here)
+    data = prepared_dir(tmp_path / "data", content="lineage")
+    run = make_run(tmp_path / "r", GOOD, seed=12)
+    cfg = config(store, "tracking.model_name=x-lineage")
+    with tracking.stage_run(cfg, "pretrain", "supcon") as pre:  # as stages.pretrain tags it
+        pre.set_tags({tracking.MODEL_SHA256_TAG: tracking.file_sha256(run / "model.safetensors")})
+    out = registry.register(cfg, run, data)
+
+    client = mlflow.MlflowClient()
+    version = client.get_model_version("x-lineage", str(out["version"]))
+    logged = client.get_run(version.run_id)  # the version is linked to the run that logged it
+    assert logged.data.tags["excon.stage"] == "register"
+    assert logged.data.tags["mlflow.source.git.commit"] == "f" * 40
+    assert logged.data.tags["git.commit"] == "f" * 40
+    assert version.tags["excon.train_run_id"] == pre.run_id
+    assert version.tags["excon.data_hash"] == tracking.data_hash(data)
+    (dataset,) = logged.inputs.dataset_inputs
+    assert dataset.dataset.name == "blobs"
+    assert dataset.dataset.digest == tracking.data_hash(data)[:36]
+    assert json.loads(dataset.dataset.source)["uri"] == str(data.resolve())
+
+    local = Path(mlflow.artifacts.download_artifacts(version.source, dst_path=str(tmp_path / "m")))
+    example = (local / "serving_input_example.json").read_text()
+    with warnings.catch_warnings():  # deprecated for mlflow.models.predict (a uv env): too slow
+        warnings.simplefilter("ignore")
+        probs = np.asarray(mlflow.models.validate_serving_input(str(local), example))
+    assert probs.shape == (2, 3)
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-5)
+    assert np.asarray(json.loads(example)["inputs"]).dtype.kind == "i"

@@ -59,14 +59,13 @@ def test_first_version_is_promoted_then_gated(
     head = Path(inputs["probe_head"].path) / "probe_head.safetensors"
     assert (model_json.parent / "probe_head.safetensors").read_bytes() == head.read_bytes()
 
-    # the same evaluations again: compared with version 1, equal on every gate metric
+    # the same model again (a retried task): version 1 is returned, nothing new is registered
     second = output(Markdown, "decision2")
     register.python_func(config=config, decision=second, **inputs)
     lines = Path(second.path).read_text().splitlines()
-    assert lines[0] == "# excon-blobs version 2: promoted"
-    assert lines[2] == "- champion: version 1"
-    assert sum(line.startswith("- pass ") for line in lines) == 4
-    assert int(client.get_model_version_by_alias("excon-blobs", "champion").version) == 2
+    assert lines[0] == "# excon-blobs version 1: already registered as version 1"
+    assert len(client.search_model_versions("name = 'excon-blobs'")) == 1
+    assert int(client.get_model_version_by_alias("excon-blobs", "champion").version) == 1
 
 
 def test_tracking_off_is_a_clear_error(make_config, inputs, output):
