@@ -356,26 +356,32 @@ def register(
             "decision": f"already registered as version {existing.version}",
             "reasons": [f"same weights (sha256 {digest[:12]}); its gate decision: {then}"],
         }
+    tags = _version_tags(cfg, meta, metrics, data_dir, source or str(run_dir), digest)
+    number = _log_version(cfg, run_dir, meta, metrics, data_dir, name, tags)
+    decision, reasons = _decide(cfg, client, name, number)
+    return {"name": name, "version": number, "decision": decision, "reasons": reasons}
+
+
+def _version_tags(
+    cfg: Config, meta: dict, metrics: dict, data_dir: Path | None, source: str, digest: str
+) -> dict[str, str]:
+    """What the version is (its weights), what it was evaluated on and how, and its metrics."""
     settings = eval_settings(cfg)
-    tags = {
-        "excon.run_dir": source or str(run_dir),
+    data = tracking.data_hash(data_dir) if data_dir is not None else None
+    return {
+        "excon.run_dir": source,
         "excon.method": str(meta.get("method")),
         "excon.dataset": str(meta.get("dataset")),
         WEIGHTS_TAG: digest,
         SETTINGS_TAG: settings_digest(settings),
         SETTINGS_JSON_TAG: json.dumps(settings, sort_keys=True),
+        **({DATA_TAG: data} if data else {}),
         **{
             METRIC_TAG + key: repr(float(metrics[key]))
             for key, _, _ in GATE
             if _number(metrics.get(key)) is not None
         },
     }
-    data = tracking.data_hash(data_dir) if data_dir is not None else None
-    if data:
-        tags[DATA_TAG] = data
-    number = _log_version(cfg, run_dir, meta, metrics, data_dir, name, tags)
-    decision, reasons = _decide(cfg, client, name, number)
-    return {"name": name, "version": number, "decision": decision, "reasons": reasons}
 
 
 def _version_with_weights(client: Any, name: str, digest: str) -> Any | None:
