@@ -1,6 +1,7 @@
 """MLflow tracking of the stages, on a real local SQLite store."""
 
 import hashlib
+import importlib.util
 import json
 import socket
 
@@ -62,7 +63,8 @@ def test_stages_log_child_runs_under_one_parent(workdir, prepared, tiny_override
     weights = workdir / "runs" / "animals" / "supcon" / "model.safetensors"
     assert pre.data.tags["excon.model_sha256"] == hashlib.sha256(weights.read_bytes()).hexdigest()
     system = [k for k in pre.data.metrics if k.startswith("system/")]
-    assert "system/cpu_utilization_percentage" in system, sorted(pre.data.metrics)
+    if importlib.util.find_spec("psutil") is not None:  # MLflow's monitor needs it
+        assert "system/cpu_utilization_percentage" in system, sorted(pre.data.metrics)
     assert not [k for k in children["probe-supcon"].data.metrics if k.startswith("system/")]
     history = mlflow.MlflowClient().get_metric_history(pre.info.run_id, "train/loss")
     assert [m.step for m in history] == [1]
