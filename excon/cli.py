@@ -56,7 +56,22 @@ def data_dir(cfg: Config, given: str | None) -> Path:
 
 
 def run_dir(cfg: Config, given: str | None) -> Path:
-    return Path(given) if given else Path(cfg.train.runs_dir) / cfg.data.dataset / cfg.method.name
+    """<train.runs_dir>/<dataset>/<method>/seed<train.seed>: one folder per run of the study."""
+    if given:
+        return Path(given)
+    return Path(cfg.train.runs_dir) / cfg.data.dataset / cfg.method.name / f"seed{cfg.train.seed}"
+
+
+def study_runs(cfg: Config, methods: list[str]) -> list[Path]:
+    """The runs of the study (methods x study.seeds), in that order."""
+    base = Path(cfg.train.runs_dir) / cfg.data.dataset
+    return [base / m / f"seed{k}" for m in methods for k in cfg.study.seeds]
+
+
+def _run_overrides(args: argparse.Namespace) -> list[str]:
+    """--method and --seed as the parameters they stand for."""
+    extra = [f"method.name={args.method}"] if getattr(args, "method", None) else []
+    return extra + ([f"train.seed={args.seed}"] if getattr(args, "seed", None) is not None else [])
 
 
 def cmd_prepare(args: argparse.Namespace) -> int:
@@ -129,7 +144,7 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     from excon.tracking import preflight
     from excon.train import resolve_device
 
-    cfg = _config(args, [f"method.name={args.method}"] if args.method else [])
+    cfg = _config(args, _run_overrides(args))
     if distributed.launched().is_main:  # only rank 0 tracks (concurrent set_experiment races)
         preflight(cfg)
     storage_preflight(cfg)
@@ -197,7 +212,7 @@ def _remove_run(path: Path) -> None:
 def cmd_probe(args: argparse.Namespace) -> int:
     from excon.tracking import preflight
 
-    cfg = _config(args, [f"method.name={args.method}"] if args.method else [])
+    cfg = _config(args, _run_overrides(args))
     preflight(cfg)
     storage_preflight(cfg)
     out = run_dir(cfg, args.run_dir)
@@ -217,7 +232,7 @@ def cmd_probe(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from excon.tracking import preflight
 
-    cfg = _config(args, [f"method.name={args.method}"] if args.method else [])
+    cfg = _config(args, _run_overrides(args))
     preflight(cfg)
     storage_preflight(cfg)
     out = run_dir(cfg, args.run_dir)
@@ -237,9 +252,11 @@ def cmd_report(args: argparse.Namespace) -> int:
     cfg = _config(args)
     preflight(cfg)
     storage_preflight(cfg)
-    runs = [Path(r) for r in args.runs] or sorted(
-        p.parent for p in (Path(cfg.train.runs_dir) / cfg.data.dataset).glob("*/eval")
-    )
+    if args.runs:
+        runs = [Path(r) for r in args.runs]
+    else:  # the study's runs; without --methods, every method that has one
+        runs = study_runs(cfg, args.methods or list(METHODS))
+        runs = [r for r in runs if (r / "eval").is_dir()] if not args.methods else runs
     if not runs:
         raise FileNotFoundError("no evaluated runs given or found; pass --runs DIR...")
     out = Path(args.out) if args.out else Path(cfg.train.runs_dir) / cfg.data.dataset / "report"
@@ -251,16 +268,37 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_register(args: argparse.Namespace) -> int:
-    cfg = _config(args, [f"method.name={args.method}"] if args.method else [])
-    out = run_dir(cfg, args.run_dir)
-    result = stages.register(cfg, out, data_dir(cfg, args.data))
-    if result["version"] is None:  # a DVC experiment: nothing registered
-        print(result["decision"])
+    if args.methods:  # every run of the study, one after another (each gate sees the last)
+        cfg = _config(args)
+        results = []
+        for method, run in zip(
+            [m for m in args.methods for _ in cfg.study.seeds],
+            study_runs(cfg, args.methods),
+            strict=True,
+        ):
+            mcfg = _config(args, [f"method.name={method}"])
+            result = stages.register(mcfg, run, data_dir(cfg, args.data), record=None)
+            _print_registered(result, run)
+            results.append({"run": run.as_posix(), **result})
+        from excon import artifacts
+
+        artifacts.write_json(
+            Path(cfg.train.runs_dir) / cfg.data.dataset / "registered.json", results
+        )
         return 0
-    print(f"registered {result['name']} version {result['version']}: {result['decision']}")
+    cfg = _config(args, _run_overrides(args))
+    out = run_dir(cfg, args.run_dir)
+    _print_registered(stages.register(cfg, out, data_dir(cfg, args.data)), out)
+    return 0
+
+
+def _print_registered(result: dict, run: Path) -> None:
+    if result["version"] is None:  # a DVC experiment: nothing registered
+        print(f"{run}: {result['decision']}")
+        return
+    print(f"{run}: {result['name']} version {result['version']}: {result['decision']}")
     for line in result["reasons"]:
         print(f"  {line}")
-    return 0
 
 
 def cmd_promote(args: argparse.Namespace) -> int:
@@ -283,12 +321,15 @@ def cmd_explain(args: argparse.Namespace) -> int:
 
 
 def format_table(rows: list[dict[str, Any]]) -> str:
-    header = f"{'method':<8} {'val/top1':>9} {'test/top1':>10} {'test/top5':>10} {'train s':>8}"
+    header = (
+        f"{'method':<8} {'seed':>4} {'val/top1':>9} {'test/top1':>10} {'test/top5':>10} "
+        f"{'train s':>8}"
+    )
     lines = [header, "-" * len(header)]
     for r in rows:
         lines.append(
-            f"{r['method']:<8} {r['val/top1']:>9.4f} {r['test/top1']:>10.4f} "
-            f"{r['test/top5']:>10.4f} {r['train_seconds']:>8.0f}"
+            f"{r['method']:<8} {r.get('seed', ''):>4} {r['val/top1']:>9.4f} "
+            f"{r['test/top1']:>10.4f} {r['test/top5']:>10.4f} {r['train_seconds']:>8.0f}"
         )
     return "\n".join(lines)
 
@@ -313,16 +354,19 @@ def cmd_study(args: argparse.Namespace) -> int:
             )
         )
     rows, runs = [], []
-    for method in args.methods:
-        mcfg = _config(args, [f"method.name={method}"])
+    for method, seed in [(m, k) for m in args.methods for k in cfg.study.seeds]:
+        mcfg = _config(args, [f"method.name={method}", f"train.seed={seed}"])
         out = run_dir(mcfg, None)
-        if args.fresh:
-            _remove_run(out)
-        summary = stages.pretrain(mcfg, data, out, resume=True)
-        metrics = stages.probe(mcfg, data, out)
-        if not args.skip_evaluate:
-            stages.evaluate(mcfg, data, out)
-        rows.append({"method": method, "train_seconds": summary["train_seconds"], **metrics})
+        with claim(out, f"excon study ({method}, seed {seed})"):
+            if args.fresh:
+                _remove_run(out)
+            summary = stages.pretrain(mcfg, data, out, resume=True)
+            metrics = stages.probe(mcfg, data, out)
+            if not args.skip_evaluate:
+                stages.evaluate(mcfg, data, out)
+        rows.append(
+            {"method": method, "seed": seed, "train_seconds": summary["train_seconds"], **metrics}
+        )
         runs.append(out)
     print(format_table(rows))
     base = Path(cfg.train.runs_dir) / cfg.data.dataset
@@ -332,6 +376,12 @@ def cmd_study(args: argparse.Namespace) -> int:
         print("\n" + markdown_table(summary_table))
         print(f"\nreport -> {base / 'report' / 'report.md'}")
     return 0
+
+
+def _add_seed(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--seed", type=int, help="overrides train.seed: which run of the study (seed<k>/)"
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -357,6 +407,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = stage("pretrain", cmd_pretrain, "pre-train an encoder with one method")
     p.add_argument("--method", choices=METHODS, help="overrides method.name")
+    _add_seed(p)
     p.add_argument("--data", help="prepared dataset directory")
     p.add_argument(
         "--run-dir", help="output directory (default: <train.runs_dir>/<dataset>/<method>)"
@@ -378,6 +429,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = stage("probe", cmd_probe, "linear probe on the frozen encoder; writes metrics.json")
     p.add_argument("--method", choices=METHODS, help="overrides method.name")
+    _add_seed(p)
     p.add_argument("--data", help="prepared dataset directory")
     p.add_argument("--run-dir", help="pre-training run directory")
     p.add_argument("--out", help="metrics file (default: <run-dir>/metrics.json)")
@@ -386,6 +438,7 @@ def build_parser() -> argparse.ArgumentParser:
         "evaluate", cmd_evaluate, "accuracy, calibration under shift, robustness, explanations"
     )
     p.add_argument("--method", choices=METHODS, help="overrides method.name")
+    _add_seed(p)
     p.add_argument("--data", help="prepared dataset directory")
     p.add_argument("--run-dir", help="run directory (pretrained and probed)")
     p.add_argument(
@@ -396,11 +449,30 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     p = stage("report", cmd_report, "compare evaluated runs: markdown/JSON table and plots")
-    p.add_argument("--runs", nargs="*", default=[], help="run directories (default: all evaluated)")
+    p.add_argument(
+        "--runs",
+        nargs="*",
+        default=[],
+        help="run directories (default: the study's evaluated runs)",
+    )
+    p.add_argument(
+        "--methods",
+        nargs="+",
+        choices=METHODS,
+        help="report exactly these methods' runs, every seed of study.seeds (all must exist)",
+    )
     p.add_argument("--out", help="output directory (default: <runs_dir>/<dataset>/report)")
 
     p = stage("register", cmd_register, "register a model version; the gate may make it champion")
     p.add_argument("--method", choices=METHODS, help="overrides method.name")
+    _add_seed(p)
+    p.add_argument(
+        "--methods",
+        nargs="+",
+        choices=METHODS,
+        help="register every run of these methods (x study.seeds) in order; the results go to "
+        "<runs_dir>/<dataset>/registered.json",
+    )
     p.add_argument("--data", help="prepared dataset directory")
     p.add_argument("--run-dir", help="run directory (evaluated)")
 

@@ -162,6 +162,8 @@ class TrackingConfig:
     uri: str | None = None  # None: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db (local store)
     experiment: str = "excon"
     model_name: str | None = None  # registry name; None: excon-<dataset>
+    # register models from a DVC experiment (dvc exp run); off: experiments never enter the registry
+    register_experiments: bool = False
     # Promotion gate: the challenger becomes champion only if, against the current champion,
     # probe top-1 >= champion - tolerance, ECE <= champion + tolerance, PGD eps-4 accuracy >=
     # champion - tolerance and Average Drop <= champion + tolerance.
@@ -180,6 +182,13 @@ class StorageConfig:
 
 
 @dataclass
+class StudyConfig:
+    # The training seeds of the study: an axis of both DAGs (runs in <runs>/<dataset>/<method>/
+    # seed<k>/); the report gives every figure over them. One seed is not a result.
+    seeds: list[int] = field(default_factory=lambda: [0])
+
+
+@dataclass
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -190,6 +199,7 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     storage: StorageConfig = field(default_factory=StorageConfig)
+    study: StudyConfig = field(default_factory=StudyConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -246,6 +256,10 @@ _RULES: dict[str, tuple[typing.Callable[[Any], bool], str]] = {
     "storage.artifacts_url": (
         lambda v: v is None or v.startswith("s3://"),
         "an s3://bucket/prefix URL or null",
+    ),
+    "study.seeds": (
+        lambda v: len(v) > 0 and len(set(v)) == len(v) and all(x >= 0 for x in v),
+        "a non-empty list of distinct seeds >= 0",
     ),
     "tracking.gate_top1_tolerance": _NON_NEGATIVE,
     "tracking.gate_ece_tolerance": _NON_NEGATIVE,

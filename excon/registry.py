@@ -314,7 +314,7 @@ def _checked_run(run_dir: Path) -> tuple[dict, dict]:
 def skipped_decision(experiment: str) -> str:
     return (
         f"skipped: experiment {experiment}; "
-        "pass --set tracking.register_experiments=true to register"
+        "pass -S tracking.register_experiments=true (dvc exp run) to register"
     )
 
 
@@ -332,7 +332,7 @@ def register(
     meta, metrics = _checked_run(run_dir)
     name = model_name(cfg, meta)
     experiment = tracking.dvc_experiment()
-    if experiment and not getattr(cfg.tracking, "register_experiments", False):
+    if experiment and not cfg.tracking.register_experiments:
         return {
             "name": name,
             "version": None,

@@ -107,13 +107,21 @@ def report(cfg: Config, runs: list[Path], out: Path) -> dict:
     return summary
 
 
-def register(cfg: Config, run: Path, data: Path | None = None, source: str | None = None) -> dict:
-    """Register run `run` behind the promotion gate; writes <run>/registered.json."""
+def register(
+    cfg: Config,
+    run: Path,
+    data: Path | None = None,
+    source: str | None = None,
+    record: Path | str | None = "registered.json",
+) -> dict:
+    """Register run `run` behind the promotion gate; writes the result to <run>/<record>
+    (None: nowhere, for callers that record several runs themselves)."""
     from excon.artifacts import write_json
     from excon.registry import register as register_model
 
     result = register_model(cfg, run, data, source)
-    write_json(run / "registered.json", result)
+    if record is not None:
+        write_json(run / record, result)
     return result
 
 

@@ -52,7 +52,15 @@ def _config(args: argparse.Namespace, extra: list[str]) -> Config:
     params = args.params
     if params is None and Path(DEFAULT_PARAMS).is_file():
         params = DEFAULT_PARAMS
-    return load_config(params, [*extra, *args.overrides])
+    cfg = load_config(params, [*extra, *args.overrides])
+    if args.seed is not None:  # one pipeline run per seed of the study
+        cfg = load_config(params, [*extra, *args.overrides, f"study.seeds=[{args.seed}]"])
+    elif len(cfg.study.seeds) > 1:
+        raise ConfigError(
+            f"study.seeds holds {cfg.study.seeds}, and a pipeline run trains one seed: pass "
+            "--seed K (one run per seed; `excon report --runs` compares them)"
+        )
+    return cfg
 
 
 def _json_arg(text: str, kind: type, flag: str) -> object:
@@ -218,6 +226,11 @@ def build_parser() -> argparse.ArgumentParser:
             help="override one study parameter (repeatable); compiled into the pipeline",
         )
         p.add_argument("--methods", nargs="+", default=list(dag.METHODS), choices=dag.METHODS)
+        p.add_argument(
+            "--seed",
+            type=int,
+            help="the seed this run trains (required when study.seeds has several)",
+        )
         return p
 
     def cluster_options(p: argparse.ArgumentParser) -> None:

@@ -34,7 +34,6 @@ STAGE_PARAMS: dict[str, list[str]] = {
         "optim",
         "train.epochs",
         "train.batch_size",
-        "train.seed",
         "train.amp",
         "train.channels_last",
         "train.max_steps_per_epoch",
@@ -43,7 +42,8 @@ STAGE_PARAMS: dict[str, list[str]] = {
         "train.classifier_augment",
         "train.nonfinite_tolerance",
     ],
-    "probe": ["probe", "train.seed"],
+    # train.seed is no parameter of a run's stages: the seed axis (study.seeds) passes it
+    "probe": ["probe"],
     "evaluate_calibration": [
         "eval.batch_size",
         "eval.seed",
@@ -73,12 +73,13 @@ STAGE_PARAMS: dict[str, list[str]] = {
         "eval.deletion_steps",
         "eval.grid_images",
     ],
-    "report": [],
-    "register": ["tracking"],
+    "report": ["study.seeds"],
+    # eval: the gate compares only versions evaluated with the same settings (a version tag)
+    "register": ["tracking", "study.seeds", "eval"],
 }
 # pretrain's method-specific keys (ce reads no method.* key).
 METHOD_PARAMS: dict[str, list[str]] = {
-    "ce": ["train.seed"],
+    "ce": [],
     "supcon": ["method.temperature", "method.base_temperature", "method.head_training"],
     "excon": ["method"],
 }
@@ -131,10 +132,12 @@ def cache_key(
     code: str,
     image: str,
     upstream: list[str],
+    seed: int | None = None,
 ) -> str:
     payload = {
         "stage": stage,
         "method": method,
+        "seed": seed,  # the run's train.seed: no stage's parameter slice holds it
         "params": params_slice(config, stage_params(stage, method)),
         "code": code,
         "image": image,

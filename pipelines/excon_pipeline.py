@@ -10,6 +10,7 @@ place the work (GPU node selector and tolerations) or make it resumable (checkpo
 """
 
 import copy
+import dataclasses
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -106,12 +107,22 @@ def build_pipeline(
             resources.shm_size,
         )
         job_manifest = json.dumps(job, sort_keys=True)
+    if len(cfg.study.seeds) != 1:
+        # The report task takes one evaluation per method and part; gathering several seeds'
+        # evaluations into it is not built yet (dvc.yaml has the seed axis).
+        raise ValueError(
+            f"study.seeds: the Kubeflow pipeline runs one seed per pipeline run, got "
+            f"{cfg.study.seeds}; submit one run per seed (--set 'study.seeds=[k]')"
+        )
+    seed = cfg.study.seeds[0]
+    cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, seed=seed))
     config_dict = cfg.to_dict()
     config_text = yaml.safe_dump(config_dict, sort_keys=True)
     code = dag.code_digest()
 
     def key(stage: str, method: str | None, *upstream: str) -> str:
-        return dag.cache_key(stage, method, config_dict, code, image, list(upstream))
+        run_seed = None if stage in ("prepare", "report") else seed
+        return dag.cache_key(stage, method, config_dict, code, image, list(upstream), run_seed)
 
     def common(task: dsl.PipelineTask, name: str, cache: str | None) -> dsl.PipelineTask:
         task.set_display_name(name)
@@ -173,16 +184,16 @@ def build_pipeline(
             # the number of processes changes BN statistics and augmentation streams
             pre_key = key("pretrain", m, prep_key, f"processes={resources.nodes * resources.gpus}")
             if job_manifest is None:
-                pre = named(pretrain, f"pretrain-{m}")(
+                pre = named(pretrain, f"pretrain-{m}-seed{seed}")(
                     config=config_text,
                     method=m,
                     dataset=data.outputs["dataset"],
                     checkpoint_url=checkpoint_url,
                 )
-                common(pre, f"pretrain-{m}", pre_key)
+                common(pre, f"pretrain-{m}-seed{seed}", pre_key)
                 on_gpu(pre, gpu_node_selector, gpu_tolerations, resources.gpus)
             else:  # several GPUs or nodes: this task launches and awaits a PyTorchJob
-                pre = named(pretrain_job, f"pretrain-{m}")(
+                pre = named(pretrain_job, f"pretrain-{m}-seed{seed}")(
                     config=config_text,
                     method=m,
                     dataset=data.outputs["dataset"],
@@ -191,28 +202,28 @@ def build_pipeline(
                     node_selector=gpu_node_selector,
                     tolerations=gpu_tolerations,
                 )
-                common(pre, f"pretrain-{m}", pre_key)
+                common(pre, f"pretrain-{m}-seed{seed}", pre_key)
             pre.set_retry(resources.pretrain_retries, backoff_duration="60s", backoff_factor=2)
             probe_key = key("probe", m, prep_key, pre_key)
-            lin = named(probe, f"probe-{m}")(
+            lin = named(probe, f"probe-{m}-seed{seed}")(
                 config=config_text,
                 method=m,
                 dataset=data.outputs["dataset"],
                 model=pre.outputs["model"],
             )
-            common(lin, f"probe-{m}", probe_key)
+            common(lin, f"probe-{m}-seed{seed}", probe_key)
             on_gpu(lin, gpu_node_selector, gpu_tolerations)
             trained[m] = (pre, lin, probe_key)
             evaluations[m] = {}
             for part, component in EVALUATIONS.items():
-                ev = named(component, f"evaluate-{part}-{m}")(
+                ev = named(component, f"evaluate-{part}-{m}-seed{seed}")(
                     config=config_text,
                     method=m,
                     dataset=data.outputs["dataset"],
                     model=pre.outputs["model"],
                     probe_head=lin.outputs["probe_head"],
                 )
-                common(ev, f"evaluate-{part}-{m}", key(f"evaluate_{part}", m, probe_key))
+                common(ev, f"evaluate-{part}-{m}-seed{seed}", key(f"evaluate_{part}", m, probe_key))
                 on_gpu(ev, gpu_node_selector, gpu_tolerations)
                 evaluations[m][part] = ev
         eval_keys = [key(f"evaluate_{p}", m, trained[m][2]) for m in methods for p in dag.PARTS]
@@ -231,7 +242,7 @@ def build_pipeline(
         previous = None
         for m in methods:
             pre, lin, _ = trained[m]
-            reg = named(register, f"register-{m}")(
+            reg = named(register, f"register-{m}-seed{seed}")(
                 config=config_text,
                 method=m,
                 dataset=data.outputs["dataset"],
@@ -243,7 +254,7 @@ def build_pipeline(
             # Registration changes the registry (a new version each time): never cached. One
             # after another, as dvc.yaml orders them: each gate reads the champion the one
             # before may have just moved, so parallel registrations would race.
-            common(reg, f"register-{m}", None)
+            common(reg, f"register-{m}-seed{seed}", None)
             if previous is not None:
                 reg.after(previous)
             previous = reg

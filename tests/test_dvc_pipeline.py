@@ -7,6 +7,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,7 @@ from tests.storage.conftest import bucket, s3_server  # noqa: F401 - fixtures sh
 pytestmark = pytest.mark.timeout(900)
 
 ROOT = Path(__file__).resolve().parents[1]
+METHODS = ("ce", "supcon", "excon")
 TINY = {
     "data": {"limit_per_class": 30},
     "model": {"width": 0.0625, "proj_dim": 8},
@@ -70,6 +72,7 @@ def study(tmp_path_factory):
     dvc = [sys.executable, "-m", "dvc"]
     run(["git", "init", "-q"], repo, env)
     run([*dvc, "init", "-q"], repo, env)
+    shutil.copy(ROOT / ".dvcignore", repo)  # after init, which writes its own
     run([*dvc, "config", "core.site_cache_dir", str(repo / ".dvc" / "site_cache")], repo, env)
     first = run([*dvc, "repro"], repo, env)
     run(["git", "add", "-A"], repo, env)
@@ -82,17 +85,13 @@ def test_every_stage_runs(study):
     assert stages_run(first) == {
         "prepare",
         "report",
+        "register",
+        *(f"pretrain_{m}@0" for m in METHODS),
+        *(f"probe@{m}-0" for m in METHODS),
         *(
-            f"{s}@{m}"
-            for s in (
-                "pretrain",
-                "probe",
-                "evaluate_calibration",
-                "evaluate_robustness",
-                "evaluate_explanations",
-                "register",
-            )
-            for m in ("ce", "supcon", "excon")
+            f"evaluate_{p}@{m}-0"
+            for p in ("calibration", "robustness", "explanations")
+            for m in METHODS
         ),
     }
     assert "| top-1 ↑ |" in (repo / "runs/animals/report/report.md").read_text()
@@ -103,11 +102,9 @@ def test_registered_champion_explains_an_image(study):
     from PIL import Image
 
     repo, env, _, _ = study
-    decisions = [
-        json.loads((repo / f"runs/animals/{m}/registered.json").read_text())["decision"]
-        for m in ("ce", "supcon", "excon")
-    ]
-    assert decisions[0] == "promoted"  # the first version has no champion to beat
+    registered = json.loads((repo / "runs/animals/registered.json").read_text())
+    assert [r["run"] for r in registered] == [f"runs/animals/{m}/seed0" for m in METHODS]
+    assert registered[0]["decision"] == "promoted"  # the first version has no champion to beat
     Image.fromarray(np.full((28, 28), 200, np.uint8)).save(repo / "cat.png")
     out = run(
         ["excon", "explain", "--model", "models:/excon-animals@champion", "cat.png"], repo, env
@@ -147,9 +144,9 @@ def test_a_teammate_restores_the_runs_from_the_remote(study, s3_server, bucket, 
     assert "up to date" in status, status
     assert stages_run(run([*dvc, "repro"], teammate, env)) == set()
     for method in ("ce", "supcon", "excon"):
-        assert (teammate / f"runs/animals/{method}/model.safetensors").is_file()
-        assert (teammate / f"runs/animals/{method}/eval/robustness/metrics.json").is_file()
-    runs = [f"runs/animals/{m}" for m in ("ce", "supcon", "excon")]
+        assert (teammate / f"runs/animals/{method}/seed0/model.safetensors").is_file()
+        assert (teammate / f"runs/animals/{method}/seed0/eval/robustness/metrics.json").is_file()
+    runs = [f"runs/animals/{m}/seed0" for m in METHODS]
     report = ["excon", "report", "--runs", *runs, "--out", str(tmp_path / "report")]
     out = run([*report, "--set", "tracking.enabled=false"], teammate, env)
     assert "| top-1 ↑ |" in out
@@ -166,21 +163,58 @@ def test_plots_show_renders(study, tmp_path):
 def test_metrics_show(study):
     repo, env, dvc, _ = study
     shown = run([*dvc, "metrics", "show"], repo, env)
-    assert "runs/animals/excon/metrics.json" in shown or "test/top1" in shown
+    assert "runs/animals/excon/seed0/metrics.json" in shown and "test/top1" in shown
 
 
 def test_changing_an_excon_parameter_reruns_only_excon(study):
     repo, env, dvc, _ = study
     log = run([*dvc, "exp", "run", "-S", "method.tau=0.6"], repo, env)
     assert stages_run(log) == {
-        "pretrain@excon",
-        "probe@excon",
-        "evaluate_calibration@excon",
-        "evaluate_robustness@excon",
-        "evaluate_explanations@excon",
+        "pretrain_excon@0",
+        "probe@excon-0",
+        "evaluate_calibration@excon-0",
+        "evaluate_robustness@excon-0",
+        "evaluate_explanations@excon-0",
         "report",
-        # the report changed, so every method's registration is re-judged
-        "register@ce",
-        "register@supcon",
-        "register@excon",
+        "register",  # the report changed: the study's registration is re-judged
     }
+
+
+def _experiments(shown: list) -> dict[float, dict]:
+    """tau -> the metrics DVC shows for each queued experiment (from `dvc exp show --json`)."""
+    found = {}
+    for baseline in shown:
+        for exp in baseline.get("experiments") or []:
+            for rev in exp.get("revs") or []:
+                data = rev.get("data") or {}
+                params = data.get("params", {}).get("params.yaml", {}).get("data", {})
+                tau = params.get("method", {}).get("tau")
+                if tau is not None:
+                    found[tau] = data.get("metrics") or {}
+    return found
+
+
+def test_queued_experiments_run_and_show_their_metrics(study, tmp_path):
+    """`dvc exp run --queue` with a sweep, `dvc queue start`: each experiment reruns only
+    excon's chain in its own workspace (the rest comes from the cache) and `dvc exp show`
+    lists its metrics; `dvc plots diff` renders the two side by side."""
+    repo, env, dvc, _ = study
+    run([*dvc, "exp", "run", "--queue", "-S", "method.tau=0.3,0.7"], repo, env)
+    run([*dvc, "queue", "start", "-j", "1"], repo, env)
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline:
+        status = run([*dvc, "queue", "status"], repo, env)
+        if not re.search(r"\b(Queued|Running)\b", status):
+            break
+        time.sleep(5)
+    assert "Failed" not in status, status
+    out = run([*dvc, "exp", "show", "--json"], repo, env)
+    shown = json.JSONDecoder().raw_decode(out[out.index("[") :])[0]
+    experiments = _experiments(shown)
+    assert set(experiments) >= {0.3, 0.7}, json.dumps(shown)[:3000]
+    for tau in (0.3, 0.7):
+        probed = experiments[tau]["runs/animals/excon/seed0/metrics.json"]["data"]
+        assert 0 <= probed["test/top1"] <= 1, (tau, probed)
+    names = run([*dvc, "exp", "ls", "--name-only"], repo, env).split()
+    run([*dvc, "plots", "diff", *names[-2:], "-o", str(tmp_path / "diff")], repo, env)
+    assert (tmp_path / "diff" / "index.html").is_file()

@@ -238,9 +238,10 @@ def test_an_experiment_registers_nothing_unless_asked(store, tmp_path, monkeypat
     argv = ["register", "--run-dir", str(run), *[a for s in sets for a in ("--set", s)]]
     assert main(argv) == 0
     line = (
-        "skipped: experiment urban-sash; pass --set tracking.register_experiments=true to register"
+        "skipped: experiment urban-sash; "
+        "pass -S tracking.register_experiments=true (dvc exp run) to register"
     )
-    assert capsys.readouterr().out.strip() == line
+    assert capsys.readouterr().out.strip().endswith(line)
     assert json.loads((run / "registered.json").read_text())["decision"] == line
     assert versions("x-exp") == [] and register_runs() == before
 

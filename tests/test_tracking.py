@@ -60,7 +60,7 @@ def test_stages_log_child_runs_under_one_parent(workdir, prepared, tiny_override
         assert data.dataset.digest == run.data.tags["excon.data_hash"][:36]
         assert json.loads(data.dataset.source)["uri"] == str(prepared.resolve())
     pre = children["pretrain-supcon"]
-    weights = workdir / "runs" / "animals" / "supcon" / "model.safetensors"
+    weights = workdir / "runs" / "animals" / "supcon" / "seed0" / "model.safetensors"
     assert pre.data.tags["excon.model_sha256"] == hashlib.sha256(weights.read_bytes()).hexdigest()
     system = [k for k in pre.data.metrics if k.startswith("system/")]
     if importlib.util.find_spec("psutil") is not None:  # MLflow's monitor needs it
@@ -96,7 +96,7 @@ def test_logging_failure_keeps_the_results(workdir, tiny_overrides, monkeypatch,
 
     monkeypatch.setattr(mlflow, "log_artifacts", broken)
     assert main(["pretrain", "--method", "ce", *tiny_sets(tiny_overrides, workdir)]) == 0
-    assert (workdir / "runs" / "animals" / "ce" / "model.safetensors").is_file()
+    assert (workdir / "runs" / "animals" / "ce" / "seed0" / "model.safetensors").is_file()
     assert "log_artifacts failed, results kept on disk only" in capsys.readouterr().err
 
 

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from excon.config import load_config
 from pipelines import dag
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -14,12 +15,34 @@ ROOT = Path(__file__).resolve().parents[2]
 PIPELINE_ONLY = {"start-tracking"}
 
 
-def kfp_name_to_dvc(task: str) -> str:
-    """pretrain-excon -> pretrain@excon, evaluate-robustness-ce -> evaluate_robustness@ce."""
-    m = re.fullmatch(r"(.+)-(" + "|".join(dag.METHODS) + ")", task)
-    stage, method = (m.group(1), m.group(2)) if m else (task, None)
-    stage = stage.replace("-", "_")
-    return f"{stage}@{method}" if method else stage
+METHODS = "|".join(dag.METHODS)
+
+
+def kfp_node(task: str) -> str:
+    """pretrain-excon-seed0 -> pretrain@excon-0, evaluate-robustness-ce-seed1 ->
+    evaluate_robustness@ce-1; the chain of register-<m>-seed<k> is dvc.yaml's one register."""
+    m = re.fullmatch(rf"(.+)-({METHODS})-seed(\d+)", task)
+    if m is None:
+        return task.replace("-", "_")
+    stage = m.group(1).replace("-", "_")
+    return "register" if stage == "register" else f"{stage}@{m.group(2)}-{m.group(3)}"
+
+
+def dvc_node(stage: str) -> str:
+    """pretrain_excon@0 (one stage group per method) -> pretrain@excon-0."""
+    m = re.fullmatch(rf"pretrain_({METHODS})@(\d+)", stage)
+    return f"pretrain@{m.group(1)}-{m.group(2)}" if m else stage
+
+
+def closure(edges: set[tuple[str, str]]) -> set[tuple[str, str]]:
+    """Every (a, b) with a path a -> ... -> b: the order of the DAG, whichever edges spell it
+    (dvc.yaml's report depends on whole run folders, KFP's on the evaluation tasks only)."""
+    reach = {(a, b) for a, b in edges if a != b}
+    while True:
+        more = {(a, d) for a, b in reach for c, d in reach if b == c and a != d} - reach
+        if not more:
+            return reach
+        reach |= more
 
 
 @pytest.fixture(scope="module")
@@ -37,14 +60,17 @@ def dvc_stages():
 
 
 def dvc_edges(stages: dict) -> set[tuple[str, str]]:
-    """producer -> consumer whenever a dep is (inside) another stage's output."""
+    """producer -> consumer whenever a dep is, holds or lies inside another stage's output."""
     edges = set()
     for consumer, s in stages.items():
         for dep in s["deps"]:
             for producer, p in stages.items():
-                if any(dep == out or dep.startswith(out + "/") for out in p["outs"]):
-                    edges.add((producer, consumer))
-    return edges
+                if any(
+                    dep == out or dep.startswith(out + "/") or out.startswith(dep + "/")
+                    for out in p["outs"]
+                ):
+                    edges.add((dvc_node(producer), dvc_node(consumer)))
+    return closure(edges)
 
 
 def kfp_edges(spec: dict) -> set[tuple[str, str]]:
@@ -52,14 +78,22 @@ def kfp_edges(spec: dict) -> set[tuple[str, str]]:
     for name, task in spec["root"]["dag"]["tasks"].items():
         for upstream in task.get("dependentTasks", []):
             if upstream not in PIPELINE_ONLY:
-                edges.add((kfp_name_to_dvc(upstream), kfp_name_to_dvc(name)))
-    return edges
+                edges.add((kfp_node(upstream), kfp_node(name)))
+    return closure(edges)
 
 
 def test_same_stages(dvc_stages, compiled):
     spec, _ = compiled
-    kfp = {kfp_name_to_dvc(t) for t in spec["root"]["dag"]["tasks"] if t not in PIPELINE_ONLY}
-    assert kfp == set(dvc_stages)
+    kfp = {kfp_node(t) for t in spec["root"]["dag"]["tasks"] if t not in PIPELINE_ONLY}
+    assert kfp == {dvc_node(s) for s in dvc_stages}
+
+
+def test_the_seed_axis_is_in_both(dvc_stages, compiled):
+    """Every run stage exists once per method and seed of study.seeds (params.yaml: [0])."""
+    seeds = load_config(ROOT / "params.yaml").study.seeds
+    runs = {f"probe@{m}-{k}" for m in dag.METHODS for k in seeds}
+    assert runs <= {dvc_node(s) for s in dvc_stages}
+    assert runs <= {kfp_node(t) for t in compiled[0]["root"]["dag"]["tasks"]}
 
 
 def test_same_edges(dvc_stages, compiled):
@@ -68,8 +102,9 @@ def test_same_edges(dvc_stages, compiled):
 
 def test_same_parameters(dvc_stages):
     for name, stage in dvc_stages.items():
-        base, _, method = name.partition("@")
-        assert stage["params"] == set(dag.stage_params(base, method or None)), name
+        base, _, item = dvc_node(name).partition("@")
+        method = item.split("-")[0] if base == "pretrain" else None
+        assert stage["params"] == set(dag.stage_params(base, method)), name
 
 
 def test_same_methods():
@@ -79,12 +114,18 @@ def test_same_methods():
     assert tuple(methods) == dag.METHODS
 
 
+def test_dvc_yaml_is_rendered_from_the_dag():
+    from pipelines import dvc_yaml
+
+    assert dvc_yaml.main([]) == 0, "dvc.yaml is stale: python -m pipelines.dvc_yaml --write"
+
+
 def test_the_comparison_can_fail(dvc_stages, compiled):
     """Dropping one dvc dependency or one parameter is noticed."""
     spec, _ = compiled
     broken = {k: dict(v) for k, v in dvc_stages.items()}
-    broken["report"] = {**broken["report"], "deps": broken["report"]["deps"][1:]}
+    broken["report"] = {**broken["report"], "deps": []}
     assert kfp_edges(spec) != dvc_edges(broken)
-    changed = dict(dag.STAGE_PARAMS, probe=["probe"])  # train.seed dropped from the table
-    assert dvc_stages["probe@ce"]["params"] != set(changed["probe"])
-    assert dvc_stages["probe@ce"]["params"] == set(dag.stage_params("probe", "ce"))
+    changed = dict(dag.STAGE_PARAMS, probe=["probe", "train.seed"])
+    assert dvc_stages["probe@ce-0"]["params"] != set(changed["probe"])
+    assert dvc_stages["probe@ce-0"]["params"] == set(dag.stage_params("probe"))

@@ -36,17 +36,17 @@ def k8s(platform: dict, spec: dict, task: str) -> dict:
 def test_one_named_task_per_stage_and_method(compiled):
     spec, _ = compiled
     expected = {"start-tracking", "prepare", "report"} | {
-        f"{stage}-{m}" for m in METHODS for stage in (*GPU_STAGES, "register")
+        f"{stage}-{m}-seed0" for m in METHODS for stage in (*GPU_STAGES, "register")
     }
     assert set(tasks(spec)) == expected
-    assert tasks(spec)["pretrain-excon"]["taskInfo"]["name"] == "pretrain-excon"
+    assert tasks(spec)["pretrain-excon-seed0"]["taskInfo"]["name"] == "pretrain-excon-seed0"
 
 
 def test_gpu_tasks_request_a_gpu_on_gpu_nodes(compiled):
     spec, platform = compiled
     for m in METHODS:
         for stage in GPU_STAGES:
-            task = f"{stage}-{m}"
+            task = f"{stage}-{m}-seed0"
             container = executor(spec, task)
             assert container["image"] == "registry.test/excon:1"
             res = container["resources"]
@@ -70,7 +70,7 @@ def test_gpu_tasks_request_a_gpu_on_gpu_nodes(compiled):
                 },
             ]
     # CPU-only stages ask for no accelerator and mount no shm
-    for task in ("prepare", "report", "register-ce", "start-tracking"):
+    for task in ("prepare", "report", "register-ce-seed0", "start-tracking"):
         assert "accelerator" not in executor(spec, task).get("resources", {}), task
         mounts = k8s(platform, spec, task)["emptyDirMounts"]
         assert mounts == [{"mountPath": "/tmp", "volumeName": "scratch"}], task
@@ -130,16 +130,16 @@ def test_cache_keys_change_exactly_where_results_can(compile_docs, compiled):
     tau = keys(compile_docs("--image", "registry.test/excon:1", "--set", "method.tau=0.6")[0])
     changed = {n for n in base if base[n] != tau[n]}
     assert changed == {
-        "pretrain-excon",
-        "probe-excon",
-        "evaluate-calibration-excon",
-        "evaluate-robustness-excon",
-        "evaluate-explanations-excon",
+        "pretrain-excon-seed0",
+        "probe-excon-seed0",
+        "evaluate-calibration-excon-seed0",
+        "evaluate-robustness-excon-seed0",
+        "evaluate-explanations-excon-seed0",
         "report",
     }
     pgd = keys(compile_docs("--image", "registry.test/excon:1", "--set", "eval.pgd_steps=3")[0])
     assert {n for n in base if base[n] != pgd[n]} == {
-        *(f"evaluate-robustness-{m}" for m in METHODS),
+        *(f"evaluate-robustness-{m}-seed0" for m in METHODS),
         "report",
     }
     image = keys(compile_docs("--image", "registry.test/excon:2")[0])
@@ -149,10 +149,10 @@ def test_cache_keys_change_exactly_where_results_can(compile_docs, compiled):
 def test_gpus_and_methods_options(compile_docs):
     spec, _ = compile_docs("--gpus", "2", "--methods", "supcon", "excon")
     # two GPUs on one node: a one-pod PyTorchJob with two processes
-    job = tasks(spec)["pretrain-excon"]["inputs"]["parameters"]["job_manifest"]
+    job = tasks(spec)["pretrain-excon-seed0"]["inputs"]["parameters"]["job_manifest"]
     job = json.loads(job["runtimeValue"]["constant"])
     assert job["spec"]["nprocPerNode"] == "2" and "Worker" not in job["spec"]["pytorchReplicaSpecs"]
-    assert not any(name.endswith("-ce") for name in tasks(spec))
+    assert not any(name.endswith("-ce-seed0") for name in tasks(spec))
     report_inputs = tasks(spec)["report"]["inputs"]["artifacts"]
     assert set(report_inputs) == {
         f"{m}_{p}"
@@ -185,7 +185,7 @@ def test_submit_to_an_unreachable_host_is_one_clear_line(capsys):
 
 def test_several_gpus_run_pretrain_as_a_pytorchjob(compile_docs, compiled):
     spec, _ = compile_docs("--image", "registry.test/excon:1", "--nodes", "2", "--gpus", "4")
-    task = tasks(spec)["pretrain-excon"]
+    task = tasks(spec)["pretrain-excon-seed0"]
     params = task["inputs"]["parameters"]
     job = json.loads(params["job_manifest"]["runtimeValue"]["constant"])
     assert job["kind"] == "PyTorchJob" and job["spec"]["nprocPerNode"] == "4"
@@ -193,11 +193,11 @@ def test_several_gpus_run_pretrain_as_a_pytorchjob(compile_docs, compiled):
     assert params["staging_url"] == {"componentInputParameter": "staging_url"}
     assert params["node_selector"] == {"componentInputParameter": "gpu_node_selector"}
     # the launcher needs no GPU; the job's pods do, and probe/evaluations keep one each
-    assert "accelerator" not in executor(spec, "pretrain-excon")["resources"]
-    assert executor(spec, "probe-excon")["resources"]["accelerator"]["resourceCount"] == "1"
+    assert "accelerator" not in executor(spec, "pretrain-excon-seed0")["resources"]
+    assert executor(spec, "probe-excon-seed0")["resources"]["accelerator"]["resourceCount"] == "1"
     assert task["retryPolicy"]["maxRetryCount"] == 2
     # eight processes are another experiment than one: no cache hit across them
-    one = tasks(compiled[0])["pretrain-excon"]["cachingOptions"]["cacheKey"]
+    one = tasks(compiled[0])["pretrain-excon-seed0"]["cachingOptions"]["cacheKey"]
     assert task["cachingOptions"]["cacheKey"] != one
 
 
@@ -225,8 +225,11 @@ def test_no_task_takes_a_per_run_input(compiled):
 def test_registrations_run_one_after_another(compiled):
     spec, _ = compiled
     deps = {n: set(t.get("dependentTasks", [])) for n, t in tasks(spec).items()}
-    assert "register-ce" in deps["register-supcon"] and "register-supcon" in deps["register-excon"]
-    assert not deps["register-ce"] & {"register-supcon", "register-excon"}
+    assert (
+        "register-ce-seed0" in deps["register-supcon-seed0"]
+        and "register-supcon-seed0" in deps["register-excon-seed0"]
+    )
+    assert not deps["register-ce-seed0"] & {"register-supcon-seed0", "register-excon-seed0"}
 
 
 def test_tracking_off_ends_the_study_at_the_report(compile_docs):
@@ -256,7 +259,7 @@ def test_cache_keys_follow_the_component_code(tmp_path):
 def test_task_sizes_are_options(compile_docs, capsys):
     spec, _ = compile_docs("--gpu-cpu", "4", "--gpu-memory", "24Gi", "--shm-size", "4Gi",
                            "--cpu", "1", "--memory", "2Gi")  # fmt: skip
-    gpu = executor(spec, "probe-ce")["resources"]
+    gpu = executor(spec, "probe-ce-seed0")["resources"]
     assert (gpu["resourceCpuLimit"], gpu["resourceMemoryLimit"]) == ("4", "24Gi")
     cpu = executor(spec, "report")["resources"]
     assert (cpu["resourceCpuLimit"], cpu["resourceMemoryLimit"]) == ("1", "2Gi")

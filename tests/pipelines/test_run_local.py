@@ -48,7 +48,7 @@ def test_every_task_succeeds(local_run):
     run, _, log = local_run
     tasks = {p.name for p in run.iterdir()}
     assert tasks == {"start-tracking", "prepare", "report"} | {
-        f"{stage}-{m}"
+        f"{stage}-{m}-seed0"
         for m in ("ce", "supcon", "excon")
         for stage in (
             "pretrain",
@@ -65,11 +65,11 @@ def test_every_task_succeeds(local_run):
 
 def test_artifacts_are_the_stage_outputs(local_run):
     run, _, _ = local_run
-    assert (run / "pretrain-excon" / "model" / "model.safetensors").is_file()
-    assert not (run / "pretrain-excon" / "model" / "checkpoint.pt").exists()
-    assert (run / "probe-excon" / "probe_head" / "probe_head.safetensors").is_file()
+    assert (run / "pretrain-excon-seed0" / "model" / "model.safetensors").is_file()
+    assert not (run / "pretrain-excon-seed0" / "model" / "checkpoint.pt").exists()
+    assert (run / "probe-excon-seed0" / "probe_head" / "probe_head.safetensors").is_file()
     adv = json.loads(
-        (run / "evaluate-robustness-excon" / "evaluation" / "metrics.json").read_text()
+        (run / "evaluate-robustness-excon-seed0" / "evaluation" / "metrics.json").read_text()
     )
     assert adv["method"] == "excon" and "adv/pgd/eps4/acc" in adv
     assert "data:image/png;base64," in (run / "report" / "plots").read_text()
@@ -82,7 +82,7 @@ def test_registry_and_parent_run(local_run):
 
     run, db, _ = local_run
     decisions = [
-        (run / f"register-{m}" / "decision").read_text() for m in ("ce", "supcon", "excon")
+        (run / f"register-{m}-seed0" / "decision").read_text() for m in ("ce", "supcon", "excon")
     ]
     # the first registration has no champion to beat (kfp.local runs the three in any order)
     assert any("version 1: promoted" in t for t in decisions)
