@@ -180,3 +180,98 @@ def test_online_head_ignores_backgrounds(net):
     out = excon_step(net, [standard, random, spare], y, ctx_for(net, head_training="online"))
     out.loss.backward()  # a background label (= C) reaching the head would raise here
     assert torch.isfinite(out.stats["head_loss"])
+
+
+# --- rules pinned with heads that depend on their input --------------------------------------
+# The rigged head above ignores its input, so it cannot tell which class Grad-CAM explains or
+# which image the accept test looks at. These use the real linear head, and references computed
+# independently (captum's LayerGradCam on the plain model, the head applied by hand).
+
+
+def _captum_maps(net, images, targets):
+    from captum.attr import LayerAttribution, LayerGradCam
+
+    layer = net.encoder.layer2[1].conv2
+    cam = LayerGradCam(net, layer).attribute(images, target=targets, relu_attributions=False)
+    return LayerAttribution.interpolate(cam, tuple(images.shape[-2:]), interpolate_mode="bilinear")
+
+
+def test_training_explains_the_true_class_not_the_predicted_one(net):
+    views, _ = batch(8)
+    net.train()
+    with torch.no_grad():
+        predicted = net(views[0]).argmax(1)
+    labels = (predicted + 1) % C  # every true label differs from the prediction
+    v = excon_views(net, *views, labels, ctx_for(net, tau=0.5))
+    net.train()  # as excon_views leaves it: Grad-CAM runs in train mode, as the reference
+    true_maps = _captum_maps(net, views[0], labels)
+    predicted_maps = _captum_maps(net, views[0], predicted)
+    torch.testing.assert_close(v.saliency, true_maps.detach(), rtol=1e-4, atol=1e-5)
+    assert not torch.allclose(v.saliency, predicted_maps.detach(), rtol=1e-3, atol=1e-4)
+
+
+class MaskDetector(torch.nn.Module):
+    """A head that answers class 0 only for the masked images it was shown, class 1 for anything
+    else. Its small linear part gives Grad-CAM a real gradient (the maps are not flat)."""
+
+    def __init__(self, linear: torch.nn.Linear) -> None:
+        super().__init__()
+        self.linear = linear
+        self.reference: torch.Tensor | None = None
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        logits = 1e-3 * self.linear(features)
+        if self.reference is not None:
+            hit = torch.isclose(features, self.reference, rtol=1e-3, atol=1e-4).all(1)
+            logits = logits + 10 * F.one_hot(torch.zeros_like(hit, dtype=torch.long), C) * hit[
+                :, None
+            ].to(logits.dtype)
+        return logits + 5 * F.one_hot(torch.ones(len(features), dtype=torch.long), C)
+
+
+def test_acceptance_is_judged_on_the_masked_image(net):
+    views, _ = batch(6)
+    labels = torch.zeros(6, dtype=torch.long)  # class 0: what the detector says of masked images
+    net.eval()  # fixed BN statistics: the same masked image gives the same features twice
+    net.classifier = detector = MaskDetector(net.classifier)
+    ctx = ctx_for(net, tau=0.5)
+    masked = mask_images(views[0], keep_mask(ctx.gradcam(views[0], labels), 0.5))
+    assert masked.abs().sum() > 0 and (masked == 0).any()  # a real mask: some pixels kept
+    with torch.no_grad():
+        detector.reference = net.encoder(masked)
+    v = excon_views(net, *views, labels, ctx)
+    assert v.accepted.all()  # judged on the masked images: all accepted
+    torch.testing.assert_close(v.view1, masked)
+    # judged on the unmasked images, the same head would reject every one
+    with torch.no_grad():
+        assert (net(views[0]).argmax(1) != labels).all()
+
+
+def test_the_head_epoch_trains_the_head_only_once_per_encoder_epoch(tmp_path, monkeypatch):
+    """One head epoch after each encoder epoch, on detached features: the encoder's weights are
+    unchanged by it and no gradient reaches the encoder."""
+    from excon import train
+    from tests.conftest import TINY, make_prepared
+
+    data = make_prepared(tmp_path / "data", channels=3)
+    cfg = __import__("excon.config", fromlist=["load_config"]).load_config(
+        None, [*TINY, "method.name=supcon", "train.epochs=2", "method.head_training=epoch"]
+    )
+    calls, real = [], train.train_head_one_epoch
+
+    def spy(model, cfg_, optimizer, loader, device, epoch, classifier=None):
+        before = {k: v.clone() for k, v in model.encoder.state_dict().items()}
+        grads = [None if p.grad is None else p.grad.clone() for p in model.encoder.parameters()]
+        out = real(model, cfg_, optimizer, loader, device, epoch, classifier)
+        after = model.encoder.state_dict()
+        assert all(torch.equal(before[k], after[k]) for k in before), (
+            "the head epoch moved the encoder"
+        )
+        for g, p in zip(grads, model.encoder.parameters(), strict=True):  # no gradient reached it
+            assert (g is None and p.grad is None) or torch.equal(g, p.grad)
+        calls.append(epoch)
+        return out
+
+    monkeypatch.setattr(train, "train_head_one_epoch", spy)
+    train.pretrain(cfg, data, tmp_path / "run")
+    assert calls == [0, 1]  # exactly one head epoch per encoder epoch, in order
