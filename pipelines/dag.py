@@ -1,10 +1,12 @@
 """What each stage of the study reads: the same table dvc.yaml spells out (a test holds the two
-equal), used here to give every KFP task a cache key that changes exactly when its result can.
+equal), used to hand every KFP task exactly its slice of the parameters (what a KFP backend's
+own fingerprint hashes) and to give it a cache key for backends that honour compiled keys.
 
-A task's key hashes its stage, its method, the parameters it reads, the excon source it runs,
-the image and its upstream tasks' keys (a Merkle chain, as DVC's lock file is), so changing
-method.tau re-runs excon's chain and reuses ce's and supcon's cached results, while rebuilding
-the image under the same tag with new code cannot hand back stale artifacts.
+A task's key hashes its stage, its method and seed, the parameters it reads, the code it runs
+(its stage's excon files, pipelines.stage_code.code_version, and the components' and pipelines'
+source), the image and its upstream tasks' keys (a Merkle chain, as DVC's lock file is), so
+changing method.tau re-runs excon's chain and reuses ce's and supcon's cached results, while
+rebuilding the image under the same tag with new code cannot hand back stale artifacts.
 """
 
 from __future__ import annotations

@@ -3,10 +3,26 @@
     start_tracking -> prepare -> pretrain[m] -> probe[m] -> evaluate_{calibration,robustness,
     explanations}[m] (in parallel) -> report -> register[m] (promotion gate)
 
-for each method m, unrolled at compile time into tasks named `<stage>-<method>` so the cluster UI
-shows each one. The study's parameters (params.yaml + --set) are compiled in: they decide the
-results, so they are part of every task's cache key; the pipeline's run-time parameters only
-place the work (GPU node selector and tolerations) or make it resumable (checkpoint_url).
+for each method m, unrolled at compile time into tasks named `<stage>-<method>-seed<k>` so the
+cluster UI shows each one. The study's parameters (params.yaml + --set) are compiled in; the
+pipeline's run-time parameters only place the work (GPU node selector and tolerations) or make it
+resumable (checkpoint_url).
+
+What a task is handed decides when it is served from cache. A KFP 2.17 backend ignores the
+compiled `cache_key`: its driver fingerprints a task by its inputs (parameter values, and input
+artifacts by their MLMD ids), its output spec, command + args and image
+(kubeflow/pipelines 2.17.0, backend/src/v2/driver/cache.go `getFingerPrint` ->
+backend/src/v2/cacheutils/cache.go `GenerateCacheKey`). So each cached task's inputs are exactly
+what decides its result:
+- `params`: its slice of the study parameters (dag.stage_params, the table dvc.yaml shares),
+- `code_version`: the hash of the excon source its stage runs (stage_code.code_version, the
+  files dvc.yaml lists as its code deps; the component's own body is in its command),
+- `method` and `seed` for the stages of one run, and its upstream artifacts: an upstream task
+  served from cache hands on the same artifact ids, one that ran hands on new ones (a Merkle
+  chain, as DVC's lock file is).
+Settings that change how a task runs, not what it computes (RUN_SETTINGS), reach it through the
+environment, which the fingerprint does not read. `cache_key` stays for kfp.local and backends
+that honour it.
 """
 
 import copy
@@ -15,6 +31,7 @@ import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import yaml
 from kfp import compiler, dsl, kubernetes
@@ -32,6 +49,7 @@ from components.report.component import report
 from components.start_tracking.component import start_tracking
 from excon.config import Config
 from pipelines import dag, pytorchjob
+from pipelines.stage_code import code_version
 
 PIPELINE_NAME = "excon-study"
 EVALUATIONS = {
@@ -55,6 +73,27 @@ PIPELINE_RUN_ENV = "EXCON_PIPELINE_RUN"
 PIPELINE_RUN_FIELD = "metadata.labels['workflows.argoproj.io/workflow']"
 DEFAULT_NODE_SELECTOR = {"nvidia.com/gpu.present": "true"}
 DEFAULT_TOLERATIONS = [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+# The image's user (infra/docker/Dockerfile: USER 10001:10001).
+IMAGE_UID = 10001
+# Parameters that change how a task runs, never what it computes (excon/train.py's _RESUME_FREE
+# and where results are logged or mirrored): `--set` overrides in $EXCON_RUN_SETTINGS, JSON. The
+# environment is no part of the driver's fingerprint, so changing the device, the MLflow server
+# or the worker count reuses every cached result; as params (inputs) they would rerun the study.
+# tests/pipelines/test_kfp_fingerprint.py holds that every key of the Config is a run setting,
+# in some stage's slice, or a task input (method.name, train.seed).
+RUN_SETTINGS_ENV = "EXCON_RUN_SETTINGS"
+RUN_SETTINGS = (
+    "data.prepared_dir",
+    "data.num_workers",
+    "train.device",
+    "train.compile",
+    "train.runs_dir",
+    "eval.shift_cache",
+    "tracking",
+    "storage",
+)
+# Keys every run stage gets as inputs of their own (`method`, `seed`), never in a slice.
+TASK_INPUT_KEYS = ("method.name", "train.seed")
 
 
 @dataclass(frozen=True)
@@ -71,6 +110,12 @@ class Resources:
     cpu: str = "2"
     memory: str = "8Gi"
     pretrain_retries: int = 2
+    # Pod deadlines (activeDeadlineSeconds, per attempt): pretraining may take days on one GPU
+    # (ExCon on CIFAR-100, 200 epochs); the other stages take minutes to an hour, and a hung one
+    # must not hold a GPU overnight.
+    pretrain_timeout_s: int = 72 * 3600
+    gpu_timeout_s: int = 4 * 3600  # probe and the evaluations
+    cpu_timeout_s: int = 3600  # prepare (downloads included), report, register, start-tracking
     secrets: bool = True  # off for kfp.local, which has no cluster to read them from
 
 
@@ -82,6 +127,42 @@ def named(component: Callable, name: str) -> Callable:
     twin.component_spec.name = name
     twin.name = name
     return twin
+
+
+def task_params(cfg: Config, stage: str, method: str | None = None) -> str:
+    """The `params` input of a task: its stage's slice of `cfg` as nested JSON (a Config text
+    for excon.config.loads_config), sorted so that equal slices compile to equal text."""
+    nested: dict[str, Any] = {}
+    for key, value in dag.params_slice(cfg.to_dict(), dag.stage_params(stage, method)).items():
+        section, _, name = key.partition(".")
+        nested.setdefault(section, {}).update({name: value} if name else value)
+    for key in TASK_INPUT_KEYS:  # inputs of their own, not parameters of the stage
+        section, _, name = key.partition(".")
+        nested.get(section, {}).pop(name, None)
+    return json.dumps(nested, sort_keys=True)
+
+
+def task_inputs(
+    cfg: Config, stage: str, method: str | None = None, version: str | None = None
+) -> dict[str, Any]:
+    """What decides a task's result besides its upstream artifacts (see the module docstring):
+    its parameter slice, its code version and, for the stages of one run, method and seed."""
+    given = {
+        "params": task_params(cfg, stage, method),
+        "code_version": version or code_version(stage),
+    }
+    if method is not None:
+        given.update(method=method, seed=cfg.train.seed)
+    return given
+
+
+def run_settings(cfg: Config) -> str:
+    """$EXCON_RUN_SETTINGS: the RUN_SETTINGS of `cfg` as a JSON list of `--set` overrides."""
+    values = dag.params_slice(cfg.to_dict(), list(RUN_SETTINGS))
+    flat: dict[str, Any] = {}
+    for key, value in values.items():
+        flat.update({f"{key}.{k}": v for k, v in value.items()} if "." not in key else {key: value})
+    return json.dumps([f"{k}={json.dumps(v)}" for k, v in sorted(flat.items())])
 
 
 def build_pipeline(
@@ -117,14 +198,24 @@ def build_pipeline(
     seed = cfg.study.seeds[0]
     cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, seed=seed))
     config_dict = cfg.to_dict()
-    config_text = yaml.safe_dump(config_dict, sort_keys=True)
-    code = dag.code_digest()
+    config_text = yaml.safe_dump(config_dict, sort_keys=True)  # start-tracking only: uncached
+    settings = run_settings(cfg)
+    # The components' and pipelines' own source: a component's body is its command (the
+    # backend's fingerprint has it), but a custom cache_key replaces the command in kfp.local's.
+    glue = dag.code_digest(dag.code_roots()[1:])
+    versions = {stage: code_version(stage) for stage in dag.STAGE_PARAMS}
 
     def key(stage: str, method: str | None, *upstream: str) -> str:
         run_seed = None if stage in ("prepare", "report") else seed
+        code = f"{versions[stage]}:{glue}"
         return dag.cache_key(stage, method, config_dict, code, image, list(upstream), run_seed)
 
-    def common(task: dsl.PipelineTask, name: str, cache: str | None) -> dsl.PipelineTask:
+    def inputs(stage: str, method: str | None = None) -> dict[str, Any]:
+        return task_inputs(cfg, stage, method, versions[stage])
+
+    def common(
+        task: dsl.PipelineTask, name: str, cache: str | None, timeout_s: int
+    ) -> dsl.PipelineTask:
         task.set_display_name(name)
         task.set_container_image(image)
         if cache is None:
@@ -133,6 +224,11 @@ def build_pipeline(
             task.set_caching_options(True, cache_key=cache)
         task.set_cpu_request(resources.cpu).set_memory_request(resources.memory)
         task.set_cpu_limit(resources.cpu).set_memory_limit(resources.memory)
+        task.set_env_variable(RUN_SETTINGS_ENV, settings)
+        kubernetes.set_security_context(
+            task, run_as_user=IMAGE_UID, run_as_group=IMAGE_UID, run_as_non_root=True
+        )
+        kubernetes.set_timeout(task, timeout_s)
         # Which pipeline run this is, from the pod's Argo workflow label (not an input: inputs
         # enter KFP's cache fingerprint, and a per-run value would defeat every cache hit).
         kubernetes.use_field_path_as_env(task, PIPELINE_RUN_ENV, PIPELINE_RUN_FIELD)
@@ -175,76 +271,78 @@ def build_pipeline(
         staging_url: str = "",
     ) -> None:
         # A new parent run per pipeline run: never cached.
-        tracking = common(start_tracking(config=config_text), "start-tracking", None)
+        tracking = common(
+            start_tracking(config=config_text), "start-tracking", None, resources.cpu_timeout_s
+        )
         prep_key = key("prepare", None)
-        data = common(prepare(config=config_text), "prepare", prep_key).after(tracking)
+        data = prepare(**inputs("prepare"))
+        common(data, "prepare", prep_key, resources.cpu_timeout_s).after(tracking)
         evaluations: dict[str, dict[str, dsl.PipelineTask]] = {}
         trained: dict[str, tuple[dsl.PipelineTask, dsl.PipelineTask, str]] = {}
         for m in methods:
             # the number of processes changes BN statistics and augmentation streams
             pre_key = key("pretrain", m, prep_key, f"processes={resources.nodes * resources.gpus}")
+            name = f"pretrain-{m}-seed{seed}"
             if job_manifest is None:
-                pre = named(pretrain, f"pretrain-{m}-seed{seed}")(
-                    config=config_text,
-                    method=m,
+                pre = named(pretrain, name)(
+                    **inputs("pretrain", m),
                     dataset=data.outputs["dataset"],
                     checkpoint_url=checkpoint_url,
                 )
-                common(pre, f"pretrain-{m}-seed{seed}", pre_key)
+                common(pre, name, pre_key, resources.pretrain_timeout_s)
                 on_gpu(pre, gpu_node_selector, gpu_tolerations, resources.gpus)
             else:  # several GPUs or nodes: this task launches and awaits a PyTorchJob
-                pre = named(pretrain_job, f"pretrain-{m}-seed{seed}")(
-                    config=config_text,
-                    method=m,
+                pre = named(pretrain_job, name)(
+                    **inputs("pretrain", m),
                     dataset=data.outputs["dataset"],
-                    job_manifest=job_manifest,
+                    job_manifest=job_manifest,  # its process count is part of the fingerprint
                     staging_url=staging_url,
                     node_selector=gpu_node_selector,
                     tolerations=gpu_tolerations,
                 )
-                common(pre, f"pretrain-{m}-seed{seed}", pre_key)
+                common(pre, name, pre_key, resources.pretrain_timeout_s)
             pre.set_retry(resources.pretrain_retries, backoff_duration="60s", backoff_factor=2)
             probe_key = key("probe", m, prep_key, pre_key)
-            lin = named(probe, f"probe-{m}-seed{seed}")(
-                config=config_text,
-                method=m,
+            name = f"probe-{m}-seed{seed}"
+            lin = named(probe, name)(
+                **inputs("probe", m),
                 dataset=data.outputs["dataset"],
                 model=pre.outputs["model"],
             )
-            common(lin, f"probe-{m}-seed{seed}", probe_key)
+            common(lin, name, probe_key, resources.gpu_timeout_s)
             on_gpu(lin, gpu_node_selector, gpu_tolerations)
             trained[m] = (pre, lin, probe_key)
             evaluations[m] = {}
             for part, component in EVALUATIONS.items():
-                ev = named(component, f"evaluate-{part}-{m}-seed{seed}")(
-                    config=config_text,
-                    method=m,
+                name = f"evaluate-{part}-{m}-seed{seed}"
+                ev = named(component, name)(
+                    **inputs(f"evaluate_{part}", m),
                     dataset=data.outputs["dataset"],
                     model=pre.outputs["model"],
                     probe_head=lin.outputs["probe_head"],
                 )
-                common(ev, f"evaluate-{part}-{m}-seed{seed}", key(f"evaluate_{part}", m, probe_key))
+                common(ev, name, key(f"evaluate_{part}", m, probe_key), resources.gpu_timeout_s)
                 on_gpu(ev, gpu_node_selector, gpu_tolerations)
                 evaluations[m][part] = ev
         eval_keys = [key(f"evaluate_{p}", m, trained[m][2]) for m in methods for p in dag.PARTS]
         report_key = key("report", None, *eval_keys)
         rep = report(
-            config=config_text,
+            **inputs("report"),
             **{
                 f"{m}_{part}": ev.outputs["evaluation"]
                 for m in methods
                 for part, ev in evaluations[m].items()
             },
         )
-        common(rep, "report", report_key)
+        common(rep, "report", report_key, resources.cpu_timeout_s)
         if not cfg.tracking.enabled:
             return  # registering needs MLflow: without tracking the study ends at the report
         previous = None
         for m in methods:
             pre, lin, _ = trained[m]
-            reg = named(register, f"register-{m}-seed{seed}")(
-                config=config_text,
-                method=m,
+            name = f"register-{m}-seed{seed}"
+            reg = named(register, name)(
+                **inputs("register", m),
                 dataset=data.outputs["dataset"],
                 model=pre.outputs["model"],
                 probe_head=lin.outputs["probe_head"],
@@ -254,7 +352,7 @@ def build_pipeline(
             # Registration changes the registry (a new version each time): never cached. One
             # after another, as dvc.yaml orders them: each gate reads the champion the one
             # before may have just moved, so parallel registrations would race.
-            common(reg, f"register-{m}-seed{seed}", None)
+            common(reg, name, None, resources.cpu_timeout_s)
             if previous is not None:
                 reg.after(previous)
             previous = reg

@@ -13,8 +13,10 @@ from components import DEFAULT_IMAGE
 
 @dsl.component(base_image=DEFAULT_IMAGE, install_kfp_package=False)
 def pretrain_job(
-    config: str,
+    params: str,
+    code_version: str,
     method: str,
+    seed: int,
     dataset: Input[Dataset],
     model: Output[Model],
     metrics: Output[Metrics],
@@ -24,16 +26,40 @@ def pretrain_job(
     tolerations: list,
     namespace: str = "",
 ) -> None:
+    """Pretrain one run as a PyTorchJob and fetch it.
+
+    Args:
+        params: the stage's slice of the study parameters (JSON, pipelines.dag.stage_params
+            with the method's keys); every other key takes its default or, for how the task
+            runs (device, tracking, storage), the pipeline's $EXCON_RUN_SETTINGS.
+        code_version: hash of the excon source the stage runs (pipelines.stage_code); not read
+            here: an input so that KFP's cache fingerprint changes with the image's code.
+        method: ce | supcon | excon.
+        seed: the run's training seed (train.seed).
+        dataset: the prepared dataset, staged in S3 for the job's pods.
+        model: the trained run rank 0 mirrored back.
+        metrics: the run's summary, for the KFP UI.
+        job_manifest: the PyTorchJob (JSON) rendered at compile time: pods and GPUs per pod.
+        staging_url: s3://bucket/prefix where the job's inputs and outputs are staged.
+        node_selector: the GPU pods' node selector.
+        tolerations: the GPU pods' tolerations.
+        namespace: the job's namespace; empty: this pod's.
+    """
     import json
     import os
     from pathlib import Path
 
+    import yaml
+
     from excon import stages
+    from excon.config import loads_config
     from pipelines import pytorchjob
 
+    settings = json.loads(os.environ.get("EXCON_RUN_SETTINGS") or "[]")
+    cfg = loads_config(params, [*settings, f"method.name={method}", f"train.seed={seed}"])
     summary = pytorchjob.launch(
         json.loads(job_manifest),
-        config,
+        yaml.safe_dump(cfg.to_dict(), sort_keys=True),  # the job's pods read the whole Config
         method,
         Path(dataset.path),
         Path(model.path),

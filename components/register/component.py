@@ -8,8 +8,10 @@ from components import DEFAULT_IMAGE
 
 @dsl.component(base_image=DEFAULT_IMAGE, install_kfp_package=False)
 def register(
-    config: str,
+    params: str,
+    code_version: str,
     method: str,
+    seed: int,
     dataset: Input[Dataset],
     model: Input[Model],
     probe_head: Input[Model],
@@ -19,15 +21,35 @@ def register(
     report: Input[Markdown],
     decision: Output[Markdown],
 ) -> None:
-    """`report` orders registration after the comparison (as in dvc.yaml); the gate itself
-    compares with the registry's current champion."""
+    """Register one run and gate it against the registry's current champion. Never cached (it
+    changes the registry), but handed what the cached stages are, so that it reads as they do.
+
+    Args:
+        params: the stage's slice of the study parameters (JSON, pipelines.dag.stage_params);
+            every other key takes its default or, for how the task runs (device, tracking,
+            storage), the pipeline's $EXCON_RUN_SETTINGS.
+        code_version: hash of the excon source the stage runs (pipelines.stage_code).
+        method: ce | supcon | excon.
+        seed: the run's training seed (train.seed).
+        dataset: the prepared dataset (its hash is the version's lineage).
+        model: the pretrained run.
+        probe_head: the run's linear probe.
+        calibration: the run's calibration evaluation.
+        robustness: the run's robustness evaluation.
+        explanations: the run's explanation evaluation.
+        report: the comparison; it only orders registration after it (as in dvc.yaml).
+        decision: the version and the gate's decision with its reasons.
+    """
+    import json
+    import os
     import tempfile
     from pathlib import Path
 
     from excon import stages
     from excon.config import loads_config
 
-    cfg = loads_config(config, [f"method.name={method}"])
+    settings = json.loads(os.environ.get("EXCON_RUN_SETTINGS") or "[]")
+    cfg = loads_config(params, [*settings, f"method.name={method}", f"train.seed={seed}"])
     evals = {
         "calibration": Path(calibration.path),
         "robustness": Path(robustness.path),

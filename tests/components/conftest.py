@@ -1,5 +1,7 @@
 """Shared fixtures for the component tests: each component's `python_func` called in-process with
-KFP artifact stand-ins on real local paths (a plain local uri is the artifact's `.path`).
+KFP artifact stand-ins on real local paths (a plain local uri is the artifact's `.path`), and the
+inputs and $EXCON_RUN_SETTINGS the compiled pipeline would hand it
+(pipelines.excon_pipeline.task_inputs, run_settings).
 
 The chain dataset -> pretrain -> probe -> three evaluations is session-scoped, so it runs once
 however many test files read it; each test writes only into its own outputs.
@@ -16,7 +18,6 @@ from pathlib import Path
 
 import mlflow
 import pytest
-import yaml
 from kfp.dsl import HTML, Artifact, Dataset, Metrics, Model
 
 from components.evaluate_calibration.component import evaluate_calibration
@@ -24,10 +25,11 @@ from components.evaluate_explanations.component import evaluate_explanations
 from components.evaluate_robustness.component import evaluate_robustness
 from components.pretrain.component import pretrain
 from components.probe.component import probe
-from excon.config import load_config
+from excon.config import Config, load_config
 from excon.stages import numeric
 from excon.tracking import PARENT_ENV
 from pipelines.cli import TINY
+from pipelines.excon_pipeline import RUN_SETTINGS_ENV, run_settings, task_inputs
 
 # The tiny study `excon-pipeline run-local` runs (pipelines/cli.py's TINY), on the blobs of
 # tests/conftest.py: they hold 24 training images (no data.limit_per_class, a smaller batch).
@@ -58,16 +60,36 @@ def restore_parent_env(mp: pytest.MonkeyPatch) -> None:
     mp.delenv(PARENT_ENV, raising=False)
 
 
+def inputs(cfg: Config, stage: str, method: str | None = METHOD) -> dict:
+    """The inputs the pipeline hands a task of `stage` (method and seed: a run's stages only)."""
+    return task_inputs(cfg, stage, method if stage not in ("prepare", "report") else None)
+
+
+@pytest.fixture
+def task(make_config) -> Callable[..., dict]:
+    """`task(stage, cfg=None, method="excon")`: the inputs the pipeline hands that task (cfg:
+    the tests' study, make_config())."""
+    return lambda stage, cfg=None, method=METHOD: inputs(cfg or make_config(), stage, method)
+
+
 @pytest.fixture(autouse=True)
-def _parent_env(monkeypatch) -> None:
+def _parent_env(monkeypatch, make_config) -> None:
     restore_parent_env(monkeypatch)
+    monkeypatch.setenv(RUN_SETTINGS_ENV, run_settings(make_config()))
+
+
+@pytest.fixture
+def use_settings(monkeypatch) -> Callable[[Config], None]:
+    """`use_settings(cfg)`: the tasks run with cfg's run settings (tracking, device, ...)."""
+    return lambda cfg: monkeypatch.setenv(RUN_SETTINGS_ENV, run_settings(cfg))
 
 
 @contextlib.contextmanager
-def parent_env_restored() -> Iterator[None]:
+def parent_env_restored(cfg: Config) -> Iterator[None]:
     """For the session-scoped chain, which runs before any function-scoped monkeypatch."""
     with pytest.MonkeyPatch.context() as mp:
         restore_parent_env(mp)
+        mp.setenv(RUN_SETTINGS_ENV, run_settings(cfg))
         yield
 
 
@@ -78,16 +100,15 @@ def output(tmp_path) -> Callable[[type, str], object]:
 
 
 @pytest.fixture(scope="session")
-def make_config(tmp_path_factory) -> Callable[..., str]:
-    """`make_config(*overrides)`: the YAML text a pipeline hands its tasks, tracking off."""
+def make_config(tmp_path_factory) -> Callable[..., Config]:
+    """`make_config(*overrides)`: the study the tests' pipeline would compile, tracking off."""
     # The default shift cache is ./data/shift: keep the corrupted sets out of the checkout.
     shift = tmp_path_factory.mktemp("shift")
 
-    def make(*overrides: str) -> str:
-        cfg = load_config(
+    def make(*overrides: str) -> Config:
+        return load_config(
             None, [*PRESET, f"eval.shift_cache={shift}", "tracking.enabled=false", *overrides]
         )
-        return yaml.safe_dump(cfg.to_dict())
 
     return make
 
@@ -139,9 +160,10 @@ def dataset(prepared, chain_root) -> Dataset:
 def pretrained(make_config, dataset, chain_root) -> tuple[Model, Metrics]:
     model = artifact(Model, chain_root / "model")
     metrics = artifact(Metrics, chain_root / "pretrain_metrics")
-    with parent_env_restored():
+    cfg = make_config()
+    with parent_env_restored(cfg):
         pretrain.python_func(
-            config=make_config(), method=METHOD, dataset=dataset, model=model, metrics=metrics
+            **inputs(cfg, "pretrain"), dataset=dataset, model=model, metrics=metrics
         )
     return model, metrics
 
@@ -150,10 +172,10 @@ def pretrained(make_config, dataset, chain_root) -> tuple[Model, Metrics]:
 def probed(make_config, dataset, pretrained, chain_root) -> tuple[Model, Metrics]:
     head = artifact(Model, chain_root / "probe_head")
     metrics = artifact(Metrics, chain_root / "probe_metrics")
-    with parent_env_restored():
+    cfg = make_config()
+    with parent_env_restored(cfg):
         probe.python_func(
-            config=make_config(),
-            method=METHOD,
+            **inputs(cfg, "probe"),
             dataset=dataset,
             model=pretrained[0],
             probe_head=head,
@@ -168,14 +190,14 @@ def evaluations(
 ) -> dict[str, tuple[Artifact, Metrics, HTML]]:
     """part -> (evaluation, metrics, plots) of the three evaluation components."""
     out = {}
+    cfg = make_config()
     for part in PARTS:
         evaluation = artifact(Artifact, chain_root / f"{part}", "evaluation")
         metrics = artifact(Metrics, chain_root / f"{part}_metrics", "metrics")
         plots = artifact(HTML, chain_root / f"{part}.html", "plots")
-        with parent_env_restored():
+        with parent_env_restored(cfg):
             EVALUATORS[part].python_func(
-                config=make_config(),
-                method=METHOD,
+                **inputs(cfg, f"evaluate_{part}"),
                 dataset=dataset,
                 model=pretrained[0],
                 probe_head=probed[0],

@@ -17,13 +17,12 @@ def test_calibration_metrics_files_and_plots(evaluated, probed):
     assert metrics["test/top1"] == probed[1].metadata["test/top1"]
 
 
-def test_missing_probe_head_is_named(make_config, dataset, pretrained, output, tmp_path):
+def test_missing_probe_head_is_named(task, dataset, pretrained, output, tmp_path):
     empty = tmp_path / "no_head"
     empty.mkdir()
     with pytest.raises(FileNotFoundError, match=r"probe_head\.safetensors: missing"):
         evaluate_calibration.python_func(
-            config=make_config(),
-            method="excon",
+            **task("evaluate_calibration"),
             dataset=dataset,
             model=pretrained[0],
             probe_head=Model(name="probe_head", uri=str(empty), metadata={}),

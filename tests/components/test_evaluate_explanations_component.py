@@ -24,11 +24,10 @@ def test_explanation_metrics_files_and_plots(evaluated):
     assert not any(k.startswith(("calib/", "adv/")) for k in metrics)
 
 
-def test_unprepared_dataset_is_named(make_config, pretrained, probed, output, tmp_path):
+def test_unprepared_dataset_is_named(task, pretrained, probed, output, tmp_path):
     with pytest.raises(DataError, match="prepared dataset not found"):
         evaluate_explanations.python_func(
-            config=make_config(),
-            method="excon",
+            **task("evaluate_explanations"),
             dataset=Dataset(name="dataset", uri=str(tmp_path / "nothing"), metadata={}),
             model=pretrained[0],
             probe_head=probed[0],

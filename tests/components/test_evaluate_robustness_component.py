@@ -16,12 +16,11 @@ def test_robustness_metrics_files_and_plots(evaluated):
     assert not any(k.startswith(("calib/", "expl/")) for k in metrics)
 
 
-def test_unknown_method_is_a_config_error(make_config, dataset, pretrained, probed, output):
+def test_unknown_method_is_a_config_error(task, dataset, pretrained, probed, output):
     evaluation = output(Artifact, "evaluation")
     with pytest.raises(ConfigError, match=r"method\.name: got 'byol'"):
         evaluate_robustness.python_func(
-            config=make_config(),
-            method="byol",
+            **{**task("evaluate_robustness"), "method": "byol"},
             dataset=dataset,
             model=pretrained[0],
             probe_head=probed[0],

@@ -5,7 +5,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import yaml
 from kfp.dsl import Dataset
 
 from components.prepare.component import prepare
@@ -13,10 +12,11 @@ from excon.config import ConfigError
 from excon.data.prepared import load_prepared
 
 
-def test_prepares_animals_and_describes_it(tiny_config, output):
+def test_prepares_animals_and_describes_it(tiny_config, task, use_settings, output):
     cfg = tiny_config("data.limit_per_class=5", "tracking.enabled=false")
     dataset = output(Dataset, "dataset")
-    prepare.python_func(config=yaml.safe_dump(cfg.to_dict()), dataset=dataset)
+    use_settings(cfg)
+    prepare.python_func(**task("prepare", cfg), dataset=dataset)
 
     data = load_prepared(Path(dataset.path))  # what every downstream component opens
     manifest = json.loads((Path(dataset.path) / "manifest.json").read_text())
@@ -34,8 +34,9 @@ def test_prepares_animals_and_describes_it(tiny_config, output):
     }
 
 
-def test_unknown_dataset_is_a_config_error(make_config, output):
+def test_unknown_dataset_is_a_config_error(task, output):
     dataset = output(Dataset, "dataset")
+    given = {**task("prepare"), "params": '{"data": {"dataset": "mnist"}}'}
     with pytest.raises(ConfigError, match=r"data\.dataset: got 'mnist'"):
-        prepare.python_func(config=make_config("data.dataset=mnist"), dataset=dataset)
+        prepare.python_func(**given, dataset=dataset)
     assert not Path(dataset.path).exists()

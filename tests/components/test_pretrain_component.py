@@ -29,12 +29,11 @@ def test_writes_the_model_and_logs_its_metrics(pretrained):
     assert {"train/loss", "val/loss", "train_seconds"} <= metrics.metadata.keys()
 
 
-def test_unknown_method_is_a_config_error(make_config, dataset, output):
+def test_unknown_method_is_a_config_error(task, dataset, output):
     model = output(Model, "model")
     with pytest.raises(ConfigError, match=r"method\.name: got 'simclr'"):
         pretrain.python_func(
-            config=make_config(),
-            method="simclr",
+            **{**task("pretrain"), "method": "simclr"},
             dataset=dataset,
             model=model,
             metrics=output(Metrics, "metrics"),

@@ -8,16 +8,20 @@ from pathlib import Path
 from kfp.dsl import Metrics, Model
 
 from components.pretrain_job.component import pretrain_job
-from pipelines import pytorchjob
+from excon.config import loads_config
+from pipelines import dag, pytorchjob
+from pipelines.excon_pipeline import RUN_SETTINGS
 
 
-def test_the_fetched_run_becomes_the_model_artifact(make_config, dataset, output, monkeypatch):
+def test_the_fetched_run_becomes_the_model_artifact(
+    make_config, task, dataset, output, monkeypatch
+):
     monkeypatch.setenv("EXCON_PIPELINE_RUN", "r1")  # the pod's workflow label on a cluster
     calls = []
 
     def fake_launch(job, config, method, data, out, stage_url, run_id, selector, tolerations,
                     **kw):  # fmt: skip
-        calls.append((job, method, data, stage_url, run_id, selector, tolerations, kw))
+        calls.append((job, config, method, data, stage_url, run_id, selector, tolerations, kw))
         out.mkdir(parents=True)
         (out / "summary.json").write_text(json.dumps({"val/top1": 0.25, "epochs": 3}))
         (out / "checkpoint.pt").write_bytes(b"scratch")
@@ -27,8 +31,7 @@ def test_the_fetched_run_becomes_the_model_artifact(make_config, dataset, output
     model, metrics = output(Model, "model"), output(Metrics, "metrics")
     manifest = pytorchjob.render("registry.test/excon:1", 2, 2)
     pretrain_job.python_func(
-        config=make_config(),
-        method="supcon",
+        **task("pretrain", method="supcon"),
         dataset=dataset,
         model=model,
         metrics=metrics,
@@ -37,8 +40,13 @@ def test_the_fetched_run_becomes_the_model_artifact(make_config, dataset, output
         node_selector={"pool": "gpu"},
         tolerations=[],
     )
-    ((job, method, data, url, run_id, selector, _, kw),) = calls
+    ((job, config, method, data, url, run_id, selector, _, kw),) = calls
     assert job == manifest and method == "supcon" and data == Path(dataset.path)
+    # the job's pods read a whole Config: the study's slice and run settings, the seed, method
+    rebuilt, study = loads_config(config).to_dict(), make_config().to_dict()
+    keys = [*dag.stage_params("pretrain", "supcon"), *RUN_SETTINGS]
+    assert dag.params_slice(rebuilt, keys) == dag.params_slice(study, keys)
+    assert (rebuilt["method"]["name"], rebuilt["train"]["seed"]) == ("supcon", 0)
     assert (url, run_id, selector, kw) == (
         "s3://b/stage",
         "r1",

@@ -31,13 +31,12 @@ def test_writes_the_head_and_its_metrics(probed, pretrained):
     }
 
 
-def test_missing_encoder_is_named(make_config, dataset, output, tmp_path):
+def test_missing_encoder_is_named(task, dataset, output, tmp_path):
     empty = tmp_path / "no_model"
     empty.mkdir()
     with pytest.raises(FileNotFoundError, match=r"model\.json: missing"):
         probe.python_func(
-            config=make_config(),
-            method="excon",
+            **task("probe"),
             dataset=dataset,
             model=Model(name="model", uri=str(empty), metadata={}),
             probe_head=output(Model, "probe_head"),

@@ -12,12 +12,12 @@ from excon.tracking import RegistryError
 
 
 @pytest.fixture
-def inputs(dataset, pretrained, probed, evaluations, tmp_path) -> dict:
+def inputs(task, dataset, pretrained, probed, evaluations, tmp_path) -> dict:
     # `report` only orders registration after the comparison: any Markdown file stands in
     table = tmp_path / "report.md"
     table.write_text("# excon: methods compared\n")
     return {
-        "method": "excon",
+        **task("register"),
         "dataset": dataset,
         "model": pretrained[0],
         "probe_head": probed[0],
@@ -27,11 +27,11 @@ def inputs(dataset, pretrained, probed, evaluations, tmp_path) -> dict:
 
 
 def test_first_version_is_promoted_then_gated(
-    make_config, tracking_on, mlflow_store, inputs, output, evaluations, tmp_path
+    make_config, use_settings, tracking_on, mlflow_store, inputs, output, evaluations, tmp_path
 ):
-    config = make_config(*tracking_on)
+    use_settings(make_config(*tracking_on))
     first = output(Markdown, "decision1")
-    register.python_func(config=config, decision=first, **inputs)
+    register.python_func(decision=first, **inputs)
     assert first.metadata == {"name": "excon-blobs", "version": 1, "decision": "promoted"}
     assert Path(first.path).read_text() == (
         "# excon-blobs version 1: promoted\n\n- no champion yet: promoted\n"
@@ -61,15 +61,15 @@ def test_first_version_is_promoted_then_gated(
 
     # the same model again (a retried task): version 1 is returned, nothing new is registered
     second = output(Markdown, "decision2")
-    register.python_func(config=config, decision=second, **inputs)
+    register.python_func(decision=second, **inputs)
     lines = Path(second.path).read_text().splitlines()
     assert lines[0] == "# excon-blobs version 1: already registered as version 1"
     assert len(client.search_model_versions("name = 'excon-blobs'")) == 1
     assert int(client.get_model_version_by_alias("excon-blobs", "champion").version) == 1
 
 
-def test_tracking_off_is_a_clear_error(make_config, inputs, output):
+def test_tracking_off_is_a_clear_error(inputs, output):
     decision = output(Markdown, "decision")
     with pytest.raises(RegistryError, match="needs MLflow tracking"):
-        register.python_func(config=make_config(), decision=decision, **inputs)
+        register.python_func(decision=decision, **inputs)
     assert not Path(decision.path).exists()

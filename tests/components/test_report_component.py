@@ -16,12 +16,12 @@ def outputs(output) -> dict:
     }
 
 
-def test_reports_the_complete_methods(make_config, evaluations, output):
+def test_reports_the_complete_methods(task, evaluations, output):
     parts = {f"excon_{part}": evaluation for part, (evaluation, _, _) in evaluations.items()}
     out = outputs(output)
     # supcon has one evaluation of three: not reported (the pipeline did not train it fully)
     report.python_func(
-        config=make_config(),
+        **task("report"),
         **out,
         **parts,
         supcon_calibration=evaluations["calibration"][0],
@@ -39,11 +39,11 @@ def test_reports_the_complete_methods(make_config, evaluations, output):
     assert pngs and html.count("data:image/png;base64,") == len(pngs)
 
 
-def test_no_complete_method_is_a_clear_error(make_config, evaluations, output):
+def test_no_complete_method_is_a_clear_error(task, evaluations, output):
     out = outputs(output)
     with pytest.raises(ValueError, match="no method has all three evaluations"):
         report.python_func(
-            config=make_config(),
+            **task("report"),
             **out,
             excon_calibration=evaluations["calibration"][0],
             excon_robustness=evaluations["robustness"][0],

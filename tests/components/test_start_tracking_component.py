@@ -4,15 +4,22 @@ import os
 
 import mlflow
 import pytest
+import yaml
 from kfp.dsl import Metrics, Model
 
 from components.probe.component import probe
 from components.start_tracking.component import start_tracking
+from excon.config import Config
 from excon.tracking import PARENT_ENV, PIPELINE_RUN_ENV, TrackingError
 
 
+def config_text(cfg: Config) -> str:
+    """The whole study, as the pipeline hands start-tracking (uncached) its config."""
+    return yaml.safe_dump(cfg.to_dict())
+
+
 def test_creates_a_finished_parent_run(make_config, tracking_on, mlflow_store):
-    run_id = start_tracking.python_func(config=make_config(*tracking_on))
+    run_id = start_tracking.python_func(config=config_text(make_config(*tracking_on)))
     run = mlflow.MlflowClient(tracking_uri=mlflow_store).get_run(run_id)
     assert run.info.status == "FINISHED"
     assert run.info.run_name == "study-animals"  # data.dataset keeps its default
@@ -21,19 +28,27 @@ def test_creates_a_finished_parent_run(make_config, tracking_on, mlflow_store):
 
 
 def test_stage_runs_hang_under_the_parent(
-    make_config, tracking_on, mlflow_store, dataset, pretrained, output, monkeypatch
+    make_config,
+    task,
+    use_settings,
+    tracking_on,
+    mlflow_store,
+    dataset,
+    pretrained,
+    output,
+    monkeypatch,
 ):
     """Tasks find the parent by the pipeline run's name ($EXCON_PIPELINE_RUN, from the pod's
     workflow label on a cluster), not through an input that would defeat caching."""
-    config = make_config(*tracking_on)
+    study = make_config(*tracking_on)
+    use_settings(study)  # the stage tasks' tracking settings come from $EXCON_RUN_SETTINGS
     monkeypatch.setenv(PIPELINE_RUN_ENV, "excon-study-abc12")
-    parent = start_tracking.python_func(config=config)
+    parent = start_tracking.python_func(config=config_text(study))
 
     def run_probe(name: str) -> Metrics:
         metrics = output(Metrics, f"{name}_metrics")
         probe.python_func(
-            config=config,
-            method="excon",
+            **task("probe", study),
             dataset=dataset,
             model=pretrained[0],
             probe_head=output(Model, name),
@@ -61,7 +76,8 @@ def test_stage_runs_hang_under_the_parent(
 
 def test_tracking_off_returns_no_id_and_writes_no_store(make_config, tmp_path):
     db = tmp_path / "off.db"
-    assert start_tracking.python_func(config=make_config(f"tracking.uri=sqlite:///{db}")) == ""
+    study = make_config(f"tracking.uri=sqlite:///{db}")
+    assert start_tracking.python_func(config=config_text(study)) == ""
     assert not db.exists()
 
 
@@ -70,5 +86,5 @@ def test_unreachable_server_fails_fast(make_config, free_port, monkeypatch, rest
     uri = f"http://127.0.0.1:{free_port}"
     with pytest.raises(TrackingError, match=rf"{uri} is not usable.*tracking\.enabled=false"):
         start_tracking.python_func(
-            config=make_config("tracking.enabled=true", f"tracking.uri={uri}")
+            config=config_text(make_config("tracking.enabled=true", f"tracking.uri={uri}"))
         )

@@ -1,5 +1,7 @@
-"""The compiled pipeline: tasks per method, GPU scheduling, secrets, /dev/shm, retries and cache
-keys, checked in both documents of the package (PipelineSpec and the Kubernetes PlatformSpec)."""
+"""The compiled pipeline: tasks per method, GPU scheduling, secrets, /dev/shm, retries, pod
+security and deadlines, each task's inputs and cache keys, checked in both documents of the
+package (PipelineSpec and the Kubernetes PlatformSpec). What the KFP backend's own fingerprint
+makes of the inputs: test_kfp_fingerprint.py."""
 
 import json
 from pathlib import Path
@@ -267,3 +269,70 @@ def test_task_sizes_are_options(compile_docs, capsys):
 
     assert main(["compile", "-o", "x.yaml", "--shm-size", "32Gi", "--gpu-memory", "24Gi"]) == 2
     assert "must be below --gpu-memory" in capsys.readouterr().err
+
+
+def constants(spec: dict, task: str) -> dict:
+    params = tasks(spec)[task]["inputs"]["parameters"]
+    return {k: v["runtimeValue"]["constant"] for k, v in params.items() if "runtimeValue" in v}
+
+
+def test_each_task_gets_its_slice_code_version_method_and_seed(compile_docs):
+    from excon.config import load_config
+    from pipelines import dag, stage_code
+    from pipelines.cli import CLUSTER
+
+    spec, _ = compile_docs()  # compiled here: the code versions are of the code as it is now
+    study = load_config(Path(__file__).parents[2] / "params.yaml", CLUSTER).to_dict()
+    for name in tasks(spec):
+        if name == "start-tracking":  # uncached: the whole study, for the parent run's name
+            assert set(constants(spec, name)) == {"config"}
+            continue
+        stage, _, run = name.partition("-seed")[0].rpartition("-")
+        stage, method = (stage, run) if run in METHODS else (name, None)
+        stage = stage.replace("-", "_")
+        given = constants(spec, name)
+        expected = dag.params_slice(study, dag.stage_params(stage, method))
+        nested = json.loads(given["params"])
+        flat = {
+            key: nested[key] if "." not in key else nested[key.split(".")[0]][key.split(".")[1]]
+            for key in expected
+            if key not in ("method.name", "train.seed")
+        }
+        if stage == "pretrain" and method == "excon":
+            expected["method"] = {k: v for k, v in expected["method"].items() if k != "name"}
+        assert flat == {k: v for k, v in expected.items() if k in flat}, name
+        assert set(flat) == set(expected), name
+        assert given["code_version"] == stage_code.code_version(stage), name
+        if method is None:
+            assert "seed" not in given and "method" not in given, name
+        else:
+            assert (given["method"], given["seed"]) == (method, 0), name
+
+
+def test_pods_run_as_the_image_user_with_deadlines(compiled):
+    spec, platform = compiled
+    for name in tasks(spec):
+        conf = k8s(platform, spec, name)
+        assert conf["securityContext"] == {
+            "runAsUser": "10001",
+            "runAsGroup": "10001",
+            "runAsNonRoot": True,
+        }, name
+        deadline = int(conf["activeDeadlineSeconds"])
+        if name.startswith("pretrain-"):
+            assert deadline == 72 * 3600, name  # days of training on one GPU
+        elif name.split("-")[0] in ("probe", "evaluate"):
+            assert deadline == 4 * 3600, name
+        else:
+            assert deadline == 3600, name
+
+
+def test_run_settings_reach_every_task_through_the_environment(compiled):
+    from pipelines.excon_pipeline import RUN_SETTINGS_ENV
+
+    spec, _ = compiled
+    for name in tasks(spec):
+        env = {e["name"]: e["value"] for e in executor(spec, name).get("env", [])}
+        settings = json.loads(env[RUN_SETTINGS_ENV])
+        assert 'eval.shift_cache="/tmp/excon/shift"' in settings, name  # the CLUSTER preset
+        assert "tracking.enabled=true" in settings and 'train.device="auto"' in settings, name
