@@ -180,53 +180,88 @@ def explanation_metrics(
     """Explanation quality of `gradcam` (e.g. `excon.saliency.GradCam(model, layer)`) over
     `(images, labels, masks or None)` batches of normalised images.
 
+    Returns means over all images of `expl/avg_drop`, `expl/increase` (fractions in [0, 1]),
+    `expl/deletion_auc` (lower is better), `expl/insertion_auc` (higher is better); and, over
+    the images with a non-empty foreground mask (and, for the energy game, a non-constant map),
+    `expl/pointing_game` and `expl/energy_pointing_game`, present only when some batch had
+    masks. The per-image values are `explanation_terms`."""
+    return metrics_of_terms(
+        explanation_terms(model, gradcam, batches, top_frac, steps, device, chunk_size)
+    )
+
+
+def metrics_of_terms(terms: dict[str, torch.Tensor]) -> dict[str, float]:
+    """`expl/<name>`: the NaN-skipping mean of each per-image term (0 / 0 = NaN when every
+    image is undefined, e.g. every mask empty: undefined, not 0); one host read for all."""
+    means = torch.stack([v.nansum() / (~v.isnan()).sum() for v in terms.values()]).tolist()
+    return {f"expl/{name}": m for name, m in zip(terms, means, strict=True)}
+
+
+def explanation_terms(
+    model: nn.Module,
+    gradcam: Explainer,
+    batches: Iterable[Batch],
+    top_frac: float = 0.15,
+    steps: int = 16,
+    device: torch.device | str | None = None,
+    chunk_size: int = 1024,
+) -> dict[str, torch.Tensor]:
+    """Per-image [N] `avg_drop`, `increase`, `deletion_auc`, `insertion_auc` and, when some batch
+    has masks, `pointing_game` and `energy_pointing_game` (NaN where undefined; NaN too for the
+    images of a batch without masks), on the device, in batch order.
+
     Explains the predicted class with the model in eval mode (its previous train/eval state is
-    restored at the end). Returns means over all images of `expl/avg_drop`, `expl/increase`
-    (fractions in [0, 1]), `expl/deletion_auc` (lower is better), `expl/insertion_auc` (higher
-    is better); and, over the images with a non-empty foreground mask (and, for the energy
-    game, a non-constant map), `expl/pointing_game` and `expl/energy_pointing_game`, present
-    only when some batch had masks. Labels are not used: explanations are of the prediction,
-    right or wrong. Sums stay on the device; the host reads them once at the end.
+    restored at the end). Labels are not used: explanations are of the prediction, right or
+    wrong. Values stay on the device; the caller reads them once.
     """
     device = torch.device(device) if device is not None else next(model.parameters()).device
     modes = {module: module.training for module in model.modules()}
     model.eval()
-    sums: dict[str, torch.Tensor] = {}
-    counts: dict[str, torch.Tensor] = {}
-
-    def add(name: str, values: torch.Tensor) -> None:
-        valid = ~values.isnan()
-        sums[name] = sums.get(name, 0) + values.nan_to_num(0.0).sum()
-        counts[name] = counts.get(name, 0) + valid.sum()
-
+    per_batch: list[dict[str, torch.Tensor]] = []
     try:
         for images, _labels, masks in _progress(batches):
             images = images.to(device, non_blocking=True)
-            with torch.no_grad():
-                probs = model(images).float().softmax(dim=1)
-            predicted = probs.argmax(dim=1)
-            p_orig = probs.gather(1, predicted[:, None]).squeeze(1)
-            maps = gradcam(images, predicted)
-            keep = keep_top_fraction(maps, top_frac)
-            with torch.no_grad():
-                p_expl = _class_probs(model, images * keep.to(images.dtype), predicted)
-            drop, increase = drop_increase_terms(p_orig, p_expl)
-            deletion, insertion = deletion_insertion_auc(
-                model, images, maps, predicted, steps, chunk_size
+            per_batch.append(
+                _batch_terms(model, gradcam, images, masks, top_frac, steps, chunk_size)
             )
-            add("expl/avg_drop", drop)
-            add("expl/increase", increase)
-            add("expl/deletion_auc", deletion)
-            add("expl/insertion_auc", insertion)
-            if masks is not None:
-                masks = masks.to(device, non_blocking=True)
-                add("expl/pointing_game", pointing_game(maps, masks))
-                add("expl/energy_pointing_game", energy_pointing_game(maps, masks))
     finally:
         for module, training in modes.items():
             module.training = training  # per module: mixed modes come back exactly
-    if not sums:
+    if not per_batch:
         raise ValueError("explanation_metrics: no batches to evaluate")
-    # One host read for all metrics; 0 / 0 = NaN when every mask was empty (undefined, not 0).
-    means = torch.stack([sums[name] / counts[name] for name in sums]).tolist()
-    return dict(zip(sums, means, strict=True))
+    names = dict.fromkeys(name for batch in per_batch for name in batch)
+    # pointing games exist only for batches with masks: NaN for the others keeps rows aligned
+    return {
+        name: torch.cat(
+            [b.get(name, torch.full_like(b["avg_drop"], float("nan"))) for b in per_batch]
+        )
+        for name in names
+    }
+
+
+def _batch_terms(
+    model: nn.Module,
+    gradcam: Explainer,
+    images: torch.Tensor,
+    masks: torch.Tensor | None,
+    top_frac: float,
+    steps: int,
+    chunk_size: int,
+) -> dict[str, torch.Tensor]:
+    with torch.no_grad():
+        probs = model(images).float().softmax(dim=1)
+    predicted = probs.argmax(dim=1)
+    p_orig = probs.gather(1, predicted[:, None]).squeeze(1)
+    maps = gradcam(images, predicted)
+    keep = keep_top_fraction(maps, top_frac)
+    with torch.no_grad():
+        p_expl = _class_probs(model, images * keep.to(images.dtype), predicted)
+    drop, increase = drop_increase_terms(p_orig, p_expl)
+    deletion, insertion = deletion_insertion_auc(model, images, maps, predicted, steps, chunk_size)
+    out = {"avg_drop": drop, "increase": increase}
+    out |= {"deletion_auc": deletion, "insertion_auc": insertion}
+    if masks is not None:
+        masks = masks.to(images.device, non_blocking=True)
+        out["pointing_game"] = pointing_game(maps, masks)
+        out["energy_pointing_game"] = energy_pointing_game(maps, masks)
+    return out

@@ -19,6 +19,7 @@ from tqdm import tqdm
 from excon.evaluate.calibration import ece
 
 Stats = Sequence[float] | torch.Tensor
+AttackProbs = dict[tuple[str, float], torch.Tensor]  # (attack, eps) -> [N, C]
 
 
 def _stats(x: torch.Tensor, mean: Stats, std: Stats) -> tuple[torch.Tensor, torch.Tensor]:
@@ -124,6 +125,48 @@ def attack_metrics(
     generator seeded with `seed`, so a fixed batch order gives fixed numbers. Returns flat keys
     `adv/{fgsm,pgd}/eps{e}/{acc,ece}`.
     """
+    probs, labels = attack_probs(
+        model,
+        batches,
+        eps_list,
+        mean,
+        std,
+        device=device,
+        steps=steps,
+        step_size=step_size,
+        seed=seed,
+        total=total,
+    )
+    return metrics_of_probs(probs, labels, n_bins)
+
+
+def metrics_of_probs(
+    probs: AttackProbs, labels: torch.Tensor, n_bins: int = 10
+) -> dict[str, float]:
+    """`adv/{attack}/eps{e}/{acc,ece}` of the adversarial probabilities."""
+    metrics = {}
+    for (name, eps), p in probs.items():
+        key = f"adv/{name}/{_eps_name(eps)}"
+        metrics[f"{key}/acc"] = float((p.argmax(dim=1) == labels).float().mean())
+        metrics[f"{key}/ece"] = ece(p, labels, n_bins)
+    return metrics
+
+
+def attack_probs(
+    model: nn.Module,
+    batches: Iterable[tuple[torch.Tensor | Sequence[torch.Tensor], torch.Tensor]],
+    eps_list: Sequence[float],
+    mean: Stats,
+    std: Stats,
+    *,
+    device: str | torch.device = "cpu",
+    steps: int = 10,
+    step_size: float | None = None,
+    seed: int = 0,
+    total: int | None = None,
+) -> tuple[AttackProbs, torch.Tensor]:
+    """Softmax probabilities [N, C] per (attack, eps) and the labels [N], in batch order: what
+    `attack_metrics` scores, kept per image for the report's bootstrap."""
     device = torch.device(device)
     generator = torch.Generator(device=device).manual_seed(seed)
     attacks = {
@@ -155,11 +198,4 @@ def attack_metrics(
                 out.append(model(adv).float().softmax(dim=1))
     if not targets:
         raise ValueError("attack_metrics: no batches")
-    labels = torch.cat(targets)
-    metrics = {}
-    for (name, eps), out in probs.items():
-        p = torch.cat(out)
-        key = f"adv/{name}/{_eps_name(eps)}"
-        metrics[f"{key}/acc"] = float((p.argmax(dim=1) == labels).float().mean())
-        metrics[f"{key}/ece"] = ece(p, labels, n_bins)
-    return metrics
+    return {k: torch.cat(v) for k, v in probs.items()}, torch.cat(targets)

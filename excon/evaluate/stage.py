@@ -6,7 +6,8 @@ the same for every method, and the online head's accuracy is reported beside it;
 Everything runs on the test split, once, in eval mode. Three parts, each its own DAG stage:
 `calibration` (accuracy, calibration clean and under shift), `robustness` (FGSM/PGD) and
 `explanations` (Grad-CAM quality).
-Part P writes `<run>/eval/P/`: metrics.json (flat keys, see README), CSVs for `dvc plots`, PNGs.
+Part P writes `<run>/eval/P/`: metrics.json (flat keys, see README), per_image.npz (the values the
+report bootstraps over test images, see per_image.py), CSVs for `dvc plots`, PNGs.
 """
 
 from __future__ import annotations
@@ -26,9 +27,17 @@ import torch
 from excon import artifacts
 from excon.config import Config, ConfigError, EvalConfig
 from excon.data.prepared import PreparedDataset, Split, load_prepared
-from excon.evaluate import PARTS, calibration, explanations, robustness, shift
+from excon.evaluate import (
+    EVAL_DIR,
+    EVAL_METRICS,
+    PARTS,
+    calibration,
+    explanations,
+    per_image,
+    robustness,
+    shift,
+)
 from excon.evaluate.plots import line_plot
-from excon.evaluate.report import EVAL_DIR, EVAL_METRICS
 from excon.models import ExConNet
 from excon.perf import tune_cpu_allocator
 from excon.plots import save_saliency_grid
@@ -113,7 +122,9 @@ def corruption_names(cfg: Config) -> list[str]:
 
 def evaluate_shift(
     model: torch.nn.Module, cfg: Config, data: PreparedDataset, device: torch.device, out: Path
-) -> dict[str, float]:
+) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+    """Accuracy, ECE and NLL per corruption set and averaged; and the per-image values
+    (`shift_*` of per_image.py) the report bootstraps."""
     e = cfg.eval
     test = data.split("test")
     idx = subset(len(test.labels), e.shift_images, e.seed)
@@ -132,6 +143,7 @@ def evaluate_shift(
     cache = Path(e.shift_cache) / data.manifest["dataset"]
     metrics: dict[str, float] = {}
     rows = []
+    per_set: list[dict[str, torch.Tensor]] = []
     for name in corruption_names(cfg):
         for sev in e.severities:
             if released is not None and name in released:
@@ -146,6 +158,7 @@ def evaluate_shift(
                 source = "generated"
             logits, y = predict(model, images, labels, data, e.batch_size, device)
             m = calibration.calibration_metrics(logits, y, e.n_bins)
+            per_set.append(per_image.classifier_values(logits, y))
             for k in ("acc", "ece", "nll"):
                 metrics[f"shift/{name}/{sev}/{k}"] = m[k]
             rows.append([name, sev, m["acc"], m["ece"], m["nll"], source])
@@ -163,7 +176,14 @@ def evaluate_shift(
             label,
             f"{label} under corruption (mean over {len(rows) // len(e.severities)} corruptions)",
         )
-    return metrics
+    arrays = {
+        f"shift_{k}": torch.stack([v[k] for v in per_set]).cpu().numpy()
+        for k in ("correct", "confidence", "nll")
+    }
+    arrays["shift_set"] = np.array([f"{r[0]}/{r[1]}" for r in rows])
+    # Row i of a released CIFAR-100-C set is its image pick[i] (= idx[i] unless the test split
+    # was cut by limit_per_class); pick depends on no method, so rows still pair across runs.
+    return metrics, {"shift_index": idx, **arrays}
 
 
 def evaluate(
@@ -256,7 +276,12 @@ def _calibration_part(
         f"accuracy + calibration: test/top1 {metrics['test/top1']:.4f} "
         f"ECE {metrics['calib/ece']:.4f}"
     )
-    metrics.update(evaluate_shift(model, cfg, data, device, out))
+    shifted, shift_arrays = evaluate_shift(model, cfg, data, device, out)
+    metrics.update(shifted)
+    values = per_image.classifier_values(logits, y)
+    values["online_correct"] = per_image.classifier_values(online_logits, y)["correct"]
+    ident = {"index": np.arange(len(y)), "n_bins": e.n_bins}
+    per_image.save(out, {**ident, **values, **shift_arrays})
     _log(
         f"shift: mean acc {metrics['shift/mean/acc']:.4f} mean ECE {metrics['shift/mean/ece']:.4f}"
     )
@@ -277,7 +302,7 @@ def _robustness_part(
     idx = subset(len(test.labels), e.attack_images, e.seed)
     if len(idx) < len(test.labels):
         _log(f"attacks on {len(idx)} of {len(test.labels)} test images (eval.attack_images)")
-    adv = robustness.attack_metrics(
+    probs, labels = robustness.attack_probs(
         model,
         list(batches(test.images[idx], test.labels[idx], data, e.batch_size, device)),
         e.eps,
@@ -285,9 +310,10 @@ def _robustness_part(
         data.std,
         device=device,
         steps=e.pgd_steps,
-        n_bins=e.n_bins,
         seed=e.seed,
     )
+    adv = robustness.metrics_of_probs(probs, labels, e.n_bins)
+    _save_attack_values(out, idx, e.eps, e.n_bins, probs, labels)
     rows = [
         [
             attack,
@@ -307,6 +333,27 @@ def _robustness_part(
         f"{method}: accuracy under L-inf attacks",
     )
     return adv
+
+
+def _save_attack_values(
+    out: Path,
+    idx: np.ndarray,
+    eps: Sequence[float],
+    n_bins: int,
+    probs: robustness.AttackProbs,
+    labels: torch.Tensor,
+) -> None:
+    """Per-image correctness and confidence per attack and eps, rows in `eps` order."""
+    arrays: dict[str, np.ndarray | torch.Tensor] = {
+        "index": idx,
+        "eps": np.asarray(eps, float),
+        "n_bins": n_bins,
+    }
+    for attack in ("fgsm", "pgd"):
+        values = [per_image.top1_values(probs[(attack, x)], labels) for x in eps]
+        for k in ("correct", "confidence"):
+            arrays[f"{attack}_{k}"] = torch.stack([v[k] for v in values])
+    per_image.save(out, arrays)
 
 
 def _explanations_part(
@@ -332,9 +379,11 @@ def _explanations_part(
     ):
         mb = None if masks is None else masks[i * e.batch_size : (i + 1) * e.batch_size].to(device)
         expl_batches.append((x, yb, mb))
-    metrics = explanations.explanation_metrics(
+    terms = explanations.explanation_terms(
         model, gradcam, expl_batches, top_frac=e.top_frac, steps=e.deletion_steps, device=device
     )
+    metrics = explanations.metrics_of_terms(terms)
+    per_image.save(out, {"index": idx, **terms})
     if e.grid_images > 0:
         _saliency_grid(model, gradcam, test, data, e, out / "saliency_test.png", method)
     _log(

@@ -11,7 +11,9 @@ from excon.evaluate.explanations import (
     deletion_insertion_auc,
     energy_pointing_game,
     explanation_metrics,
+    explanation_terms,
     keep_top_fraction,
+    metrics_of_terms,
     pointing_game,
     saliency_rank,
     trapezoid_auc,
@@ -255,3 +257,21 @@ def test_explanation_metrics_without_masks(tiny_net):
 def test_explanation_metrics_needs_batches(tiny_net):
     with pytest.raises(ValueError, match="no batches"):
         explanation_metrics(tiny_net, GradCam(tiny_net, "layer2[1].conv2"), [])
+
+
+TERMS = ("avg_drop", "increase", "deletion_auc", "insertion_auc")
+MASK_TERMS = ("pointing_game", "energy_pointing_game")
+
+
+def test_explanation_terms_are_per_image_and_nan_where_a_batch_had_no_mask(tiny_net):
+    tiny_net.eval()
+    gradcam = GradCam(tiny_net, "layer2[1].conv2")
+    with_masks, without = tiny_batches(True), tiny_batches(False)
+    terms = explanation_terms(tiny_net, gradcam, [with_masks[0], without[1]], steps=2)
+    assert {k: v.shape for k, v in terms.items()} == {k: (8,) for k in (*TERMS, *MASK_TERMS)}
+    assert not terms["pointing_game"][:5].isnan().any()
+    assert terms["pointing_game"][5:].isnan().all()  # the 3 images of the maskless batch
+    # the metrics are the NaN-skipping means of the terms
+    metrics = metrics_of_terms(terms)
+    assert metrics["expl/pointing_game"] == pytest.approx(terms["pointing_game"][:5].mean().item())
+    assert metrics["expl/avg_drop"] == pytest.approx(terms["avg_drop"].mean().item())

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from excon.evaluate.calibration import ece
-from excon.evaluate.robustness import attack_metrics, fgsm, pgd
+from excon.evaluate.robustness import attack_metrics, attack_probs, fgsm, metrics_of_probs, pgd
 from excon.models import ExConNet
 
 MEAN, STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)  # CIFAR-style, not dyadic
@@ -163,6 +163,13 @@ def test_attack_metrics_keys_clean_case_and_determinism(trained):
     # seeded; and a loader's ([view], label) batches count as their first view
     views = [([xb], yb) for xb, yb in batches]
     assert attack_metrics(model, views, [0, 4, 2.5], MEAN, STD, steps=3, seed=7) == m
+    # the per-image probabilities the report bootstraps score to the same metrics, in batch order
+    probs, labels = attack_probs(model, batches, [0, 4, 2.5], MEAN, STD, steps=3, seed=7)
+    assert torch.equal(labels, y) and probs[("pgd", 4)].shape == (
+        len(y),
+        probs[("pgd", 4)].shape[1],
+    )
+    assert metrics_of_probs(probs, labels) == m
 
 
 # torchattacks expects [0, 1] inputs: wrap our model with the normalisation. Dyadic mean/std

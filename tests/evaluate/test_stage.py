@@ -3,10 +3,13 @@
 import csv
 import json
 
+import numpy as np
 import pytest
 
+from excon.evaluate import per_image
 from excon.evaluate.report import load_eval_metrics
 from excon.evaluate.stage import evaluate, subset
+from excon.evaluate.uncertainty import weighted_ece, weighted_mean
 from excon.probe import probe
 from excon.train import pretrain
 
@@ -87,11 +90,50 @@ def test_evaluate_writes_every_metric(prepared, tiny_config, tmp_path, monkeypat
         "gaussian_noise_s1.npz",
         "gaussian_noise_s5.npz",
     ]
+    _per_image_values_reproduce_the_metrics(run, metrics)
     assert evaluate(cfg, prepared, run) == metrics
     # a part run alone (as its DAG stage does) gives exactly what it gave in the full run
     assert evaluate(cfg, prepared, run, ["robustness"]) == {
         k: v for k, v in metrics.items() if k.startswith("adv/") or "/" not in k
     }
+
+
+def _per_image_values_reproduce_the_metrics(run, metrics):
+    """Each part's per_image.npz holds what its metrics are computed from, rows by test index."""
+    parts = per_image.load(run)
+    assert set(parts) == {"calibration", "robustness", "explanations"}
+    assert parts["calibration"]["index"].tolist() == list(range(24))  # 6 per class x 4
+    assert parts["robustness"]["index"].tolist() == subset(24, 8, 0).tolist()
+    assert parts["calibration"]["shift_set"].tolist() == [
+        "gaussian_noise/1",
+        "gaussian_noise/5",
+        "contrast/1",
+        "contrast/5",
+    ]
+    for key in (
+        "test/top1",
+        "test/top5",
+        "online/top1",
+        "calib/ece",
+        "calib/nll",
+        "calib/brier",
+        "shift/mean/acc",
+        "shift/mean/ece",
+        "shift/mean/nll",
+        "adv/fgsm/eps4/acc",
+        "adv/pgd/eps4/ece",
+        "expl/avg_drop",
+        "expl/increase",
+        "expl/deletion_auc",
+        "expl/pointing_game",
+    ):
+        s = per_image.statistic(key, parts)
+        full = np.ones((1, len(s.index)), np.float32)
+        if s.values is not None:
+            got = weighted_mean(full, s.values)[0]
+        else:
+            got = weighted_ece(full, s.confidence, s.correct, s.n_bins)[0]
+        assert got == pytest.approx(metrics[key], abs=1e-5), key
 
 
 def test_unknown_part_is_a_config_error(prepared, tiny_config, tmp_path):
