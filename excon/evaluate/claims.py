@@ -153,6 +153,8 @@ def intervals(
         }
         for a, b in pairs([m for m in methods if m in groups]):
             cmp = uncertainty.compare(groups[a], groups[b], row.direction, variance, dof)
+            low, high = max(cmp.low, -row.upper), min(cmp.high, row.upper)  # a difference's range
+            cmp = uncertainty.Comparison(cmp.diff, low, high, cmp.verdict)
             out.comparisons.setdefault((a, b), {})[row.key] = cmp
         for m, g in groups.items():
             out.seeds[m] = max(out.seeds.get(m, 0), g.seeds)

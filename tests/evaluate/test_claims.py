@@ -101,3 +101,14 @@ def test_intervals_pair_seeds_and_stay_inside_the_metrics_range():
     cmp = found.comparisons[("excon", "supcon")]["test/top1"]
     assert cmp.diff == pytest.approx(0.05) and cmp.low < 0 < cmp.high  # 2 seeds, one differs
     assert found.seeds == {"supcon": 2, "excon": 2}
+
+
+def test_a_difference_interval_stays_inside_its_range():
+    """Seeds at 0 and 1 top-1: the t tails (2 dof) reach past +-2; a rate difference cannot."""
+    zeros, ones = np.zeros(20), np.ones(20)
+    runs = _runs(
+        {("supcon", 0): zeros, ("supcon", 1): ones, ("excon", 0): ones, ("excon", 1): ones}
+    )
+    found = claims.intervals(["supcon", "excon"], runs, claims.rows_for({"test/top1"}))
+    cmp = found.comparisons[("excon", "supcon")]["test/top1"]
+    assert (cmp.low, cmp.high) == (-1.0, 1.0) and cmp.verdict == "within noise"
