@@ -35,7 +35,7 @@ def test_excon_runs_on_original_formats(
     sets = [a for s in [*TINY, f"train.batch_size={batch}"] for a in ("--set", s)]
     assert main(["prepare", "--dataset", dataset, "--raw-dir", "raw", *sets]) == 0
     assert main(["pretrain", "--method", "excon", "--set", f"data.dataset={dataset}", *sets]) == 0
-    run = tmp_path / "runs" / dataset / "excon"
+    run = tmp_path / "runs" / dataset / "excon" / "seed0"
     row = json.loads((run / "metrics.jsonl").read_text().splitlines()[0])
     assert 0 <= row["train/accept_rate"] <= 1  # masking was active from the first epoch
     assert (run / "figures" / "saliency_epoch_001.png").is_file()

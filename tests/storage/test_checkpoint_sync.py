@@ -5,12 +5,12 @@ was never interrupted."""
 import os
 
 import pytest
-import yaml
 from kfp.dsl import Dataset, Metrics, Model
 from safetensors.torch import load_file
 
 from components.pretrain.component import pretrain as pretrain_component
 from excon import stages
+from pipelines.excon_pipeline import RUN_SETTINGS_ENV, run_settings, task_inputs
 
 
 class Killed(RuntimeError):
@@ -19,11 +19,11 @@ class Killed(RuntimeError):
 
 def run_component(cfg, method, prepared, out, base, run_id):
     os.environ["EXCON_PIPELINE_RUN"] = run_id  # the pod's workflow label on a cluster
+    os.environ[RUN_SETTINGS_ENV] = run_settings(cfg)  # as the pipeline sets it on the pod
     model = Model(name="model", uri=str(out), metadata={})
     metrics = Metrics(name="metrics", uri=f"{out}-metrics", metadata={})
     pretrain_component.python_func(
-        config=yaml.safe_dump(cfg.to_dict()),
-        method=method,
+        **task_inputs(cfg, "pretrain", method),
         dataset=Dataset(name="dataset", uri=str(prepared), metadata={}),
         model=model,
         metrics=metrics,
