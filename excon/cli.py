@@ -311,7 +311,7 @@ def cmd_promote(args: argparse.Namespace) -> int:
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
-    from excon.registry import explain_files, print_results
+    from excon.serve.model import explain_files, print_results
     from excon.tracking import tracking_uri
 
     cfg = _config(args)

@@ -1,4 +1,4 @@
-"""MLflow model registry: register an evaluated run behind a promotion gate, promote, load.
+"""MLflow model registry: register an evaluated run behind a promotion gate, promote.
 
 A registered version is an MLflow **pyfunc** model whose artifacts are the run's own files
 (`model.safetensors`, `model.json`, `probe_head.safetensors`) and whose code is this package
@@ -7,12 +7,11 @@ anything: the python model is logged as *code* (MLflow "models from code": a thr
 script that instantiates `ExConPyfunc`), not as a cloudpickle, and the weights are read with
 safetensors.
 
-Predict contract (pyfunc and `load_registered` alike): a numpy **uint8** array `[N, H, W, C]`
-(C = the model's channels; `[N, H, W]` is accepted for 1-channel models outside the pyfunc
-schema) in 0..255, resized to the training size when it differs, normalised with the training
-mean/std -> float32 class probabilities `[N, num_classes]` of encoder + val-selected probe head.
-A numpy array rather than a DataFrame: images are tensors, and a tensor signature keeps the
-dtype/shape check in MLflow's schema enforcement.
+Predict contract: excon.serve.model (the pyfunc, `excon explain` and `excon serve` share it): a
+numpy **uint8** array `[N, H, W, C]` -> float32 class probabilities `[N, num_classes]`. A numpy
+array rather than a DataFrame: images are tensors, and a tensor signature keeps the dtype/shape
+check in MLflow's schema enforcement. Each version's description is its model card
+(excon.model_card), also logged as the artifact `model_card.md` of its register run.
 
 Promotion gate: every registered version gets alias `challenger` and its gate metrics as
 version tags (`metric.<key>`). It becomes `champion` when, against the current champion,
@@ -37,25 +36,19 @@ import dataclasses
 import hashlib
 import json
 import math
-import os
-import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
-import mlflow.pyfunc
 import numpy as np
-import torch
-from safetensors.torch import load_file
 
 from excon import tracking
-from excon.artifacts import MODEL_META, MODEL_WEIGHTS, build_network
+from excon.artifacts import MODEL_META, MODEL_WEIGHTS
 from excon.config import Config
-from excon.guard import refuse_nonfinite
-from excon.models import ExConNet
+from excon.serve.model import PROBE_HEAD, load_files
+from excon.serve.model import ExConPyfunc as ExConPyfunc  # versions logged before excon.serve
 from excon.tracking import RegistryError
 
-PROBE_HEAD = "probe_head.safetensors"  # = excon.probe.PROBE_HEAD (not imported: heavy module)
 CHAMPION, CHALLENGER = "champion", "challenger"
 MODEL_ARTIFACT = "model"
 METRIC_TAG = "metric."
@@ -85,86 +78,9 @@ GATE = (
 # The model is logged as code: this script is what pyfunc executes to get the python model.
 _MODEL_CODE = (
     "import mlflow\n"
-    "from excon.registry import ExConPyfunc\n"
+    "from excon.serve.model import ExConPyfunc\n"
     "mlflow.models.set_model(ExConPyfunc())\n"
 )
-
-
-# --------------------------------------------------------------------------------------------
-# the network with its probe head, and the shared preprocessing
-
-
-def build_model(
-    meta: dict, weights: dict[str, torch.Tensor], head: dict[str, torch.Tensor]
-) -> ExConNet:
-    """ExConNet from model.json + its safetensors state, classifier = the probe head."""
-    model = build_network(meta)
-    model.load_state_dict(weights)
-    probe = torch.nn.Linear(head["weight"].shape[1], head["weight"].shape[0])
-    probe.load_state_dict(head)
-    model.classifier = probe
-    return model.eval()
-
-
-def load_files(directory: str | Path, device: str | torch.device = "cpu") -> tuple[ExConNet, dict]:
-    """Rebuild encoder + probe head from a directory holding our three files (refused when a
-    weight is not finite)."""
-    directory = Path(directory)
-    for name in (MODEL_META, MODEL_WEIGHTS, PROBE_HEAD):
-        if not (directory / name).is_file():
-            raise RegistryError(f"{directory / name}: missing")
-    meta = json.loads((directory / MODEL_META).read_text())
-    weights = load_file(str(directory / MODEL_WEIGHTS), device="cpu")
-    head = load_file(str(directory / PROBE_HEAD), device="cpu")
-    refuse_nonfinite({**weights, **{f"probe.{k}": v for k, v in head.items()}}, str(directory))
-    return build_model(meta, weights, head).to(device), meta
-
-
-def _size(meta: dict) -> tuple[int, int]:
-    size = meta["image_size"]
-    return (int(size), int(size)) if isinstance(size, int) else (int(size[0]), int(size[1]))
-
-
-def preprocess(meta: dict, images: Any, device: str | torch.device = "cpu") -> torch.Tensor:
-    """uint8 [N, H, W, C] (or [N, H, W] for 1 channel) -> normalised float [N, C, h, w] at the
-    training size, exactly as evaluation's "standard" view (resize on uint8, then scale)."""
-    from excon.data.views import build_transform
-
-    arr = np.asarray(images)
-    if arr.ndim == 3 and meta["in_channels"] == 1:
-        arr = arr[..., None]
-    if arr.ndim != 4 or arr.shape[-1] != meta["in_channels"]:
-        raise ValueError(
-            f"expected uint8 images [N, H, W, {meta['in_channels']}], got shape {arr.shape}"
-        )
-    if arr.dtype != np.uint8:
-        raise ValueError(f"expected uint8 images (0..255), got dtype {arr.dtype}")
-    x = torch.from_numpy(np.ascontiguousarray(arr)).permute(0, 3, 1, 2)
-    transform = build_transform(
-        "standard", _size(meta), meta["mean"], meta["std"], meta["in_channels"]
-    )
-    return transform(x).to(device)
-
-
-@torch.no_grad()
-def predict_proba(model: ExConNet, meta: dict, images: Any) -> np.ndarray:
-    device = next(model.parameters()).device
-    model.eval()
-    return torch.softmax(model(preprocess(meta, images, device)).float(), dim=1).cpu().numpy()
-
-
-class ExConPyfunc(mlflow.pyfunc.PythonModel):
-    """Encoder + probe head; `predict`: uint8 [N, H, W, C] -> probabilities [N, K]."""
-
-    # The input contract is the tensor signature logged with the model (see `_signature`), not
-    # type hints: this tells MLflow not to wrap `predict` in its type-hint validation.
-    _skip_type_hint_validation = True
-
-    def load_context(self, context: Any) -> None:
-        self.model, self.meta = load_files(Path(context.artifacts[MODEL_WEIGHTS]).parent)
-
-    def predict(self, context: Any, model_input, params: Any = None) -> Any:  # noqa: ANN001
-        return predict_proba(self.model, self.meta, model_input)
 
 
 # --------------------------------------------------------------------------------------------
@@ -482,143 +398,3 @@ def promote(cfg: Config, name: str, version: int) -> None:
     client.get_model_version(name, str(version))  # a clear MLflow error when it does not exist
     client.set_model_version_tag(name, str(version), "gate.decision", "manual")
     client.set_registered_model_alias(name, CHAMPION, str(version))
-
-
-# --------------------------------------------------------------------------------------------
-# loading and explaining
-
-
-def load_registered(
-    uri: str, device: str | torch.device = "cpu", tracking_uri: str | None = None
-) -> tuple[ExConNet, dict]:
-    """Our own loader for `models:/name@alias` or `models:/name/version` (or any MLflow model
-    URI): downloads the artifacts and rebuilds encoder + probe head with safetensors."""
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    mlflow = tracking._mlflow()  # its HTTP retry/timeout defaults
-    if tracking_uri:
-        mlflow.set_tracking_uri(tracking_uri)
-    with tempfile.TemporaryDirectory() as tmp:
-        local = None
-        if uri.startswith("models:/"):
-            # only the pyfunc's artifacts/ folder (our three files), not its code and env files
-            try:
-                local = Path(
-                    mlflow.artifacts.download_artifacts(
-                        artifact_uri=f"{uri.rstrip('/')}/artifacts", dst_path=tmp
-                    )
-                )
-            except Exception:
-                local = None
-        if local is None or not list(local.rglob(MODEL_WEIGHTS)):
-            from mlflow.exceptions import MlflowException
-
-            try:
-                local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=tmp))
-            except MlflowException as e:
-                reason = str(e.message).splitlines()[0] if str(e.message) else type(e).__name__
-                raise RegistryError(f"{uri}: cannot load the model ({reason})") from e
-        found = sorted(local.rglob(MODEL_WEIGHTS))
-        if not found:
-            raise RegistryError(f"{uri}: no {MODEL_WEIGHTS} among the model's artifacts")
-        return load_files(found[0].parent, device)
-
-
-def gradcam_layer(meta: dict) -> str:
-    from excon.saliency import default_layer
-
-    return meta.get("gradcam_layer") or default_layer(meta["arch"], max(_size(meta)))
-
-
-def explain_images(model: ExConNet, meta: dict, images_uint8: np.ndarray) -> tuple[Any, Any]:
-    """(probabilities [N, C] float numpy, Grad-CAM maps [N, 1, h, w] in [0, 1] at the model's
-    input size) for the predicted class of each image, at the model's Grad-CAM layer."""
-    from excon.saliency import GradCam, normalise_maps
-
-    device = next(model.parameters()).device
-    model.eval()
-    x = preprocess(meta, images_uint8, device)
-    with torch.no_grad():
-        probs = torch.softmax(model(x).float(), dim=1)
-    maps = GradCam(model, gradcam_layer(meta))(x, probs.argmax(dim=1))
-    return probs.cpu().numpy(), normalise_maps(maps).cpu().numpy()
-
-
-def _overlay(image: Any, heat: np.ndarray, min_side: int = 224) -> Any:
-    """PIL image blended 50/50 with the jet-coloured map (upscaled to at least `min_side`)."""
-    from matplotlib import colormaps
-    from PIL import Image
-
-    image = image.convert("RGB")
-    scale = max(1, math.ceil(min_side / min(image.size)))
-    size = (image.size[0] * scale, image.size[1] * scale)
-    image = image.resize(size, Image.Resampling.BILINEAR)
-    heat_img = Image.fromarray((np.clip(heat, 0, 1) * 255).astype(np.uint8)).resize(
-        size, Image.Resampling.BILINEAR
-    )
-    colored = colormaps["jet"](np.asarray(heat_img) / 255.0)[..., :3]
-    blend = 0.5 * np.asarray(image, dtype=np.float32) / 255.0 + 0.5 * colored
-    return Image.fromarray((np.clip(blend, 0, 1) * 255).round().astype(np.uint8))
-
-
-def explain_files(
-    uri: str,
-    image_paths: list[str | Path],
-    out_dir: str | Path,
-    top: int = 3,
-    tracking_uri: str | None = None,
-) -> list[dict]:
-    """Predict and explain image files with the registered model at `uri`.
-
-    Returns per image {path, predicted, top: [{class, prob}] (top 3), probs (all classes, sum 1),
-    overlay_png}; writes a Grad-CAM overlay PNG per image into `out_dir` (atomically)."""
-    from PIL import Image
-
-    from excon.artifacts import atomic_path
-    from excon.data.sources.images import open_image
-
-    # images first: an unreadable file fails in one line before any model is downloaded
-    # (16-bit files scaled, unreadable ones a DataError naming the file)
-    originals = [open_image(p, "RGB") for p in image_paths]
-    if not originals:
-        return []
-    model, meta = load_registered(uri, tracking_uri=tracking_uri)
-    if meta["in_channels"] == 1:
-        originals = [im.convert("L") for im in originals]  # 8-bit RGB -> L: nothing clipped
-    h, w = _size(meta)
-    batch = [
-        np.asarray(im.resize((w, h), Image.Resampling.BILINEAR), dtype=np.uint8) for im in originals
-    ]
-    probs, maps = explain_images(model, meta, np.stack(batch))
-    names = meta.get("class_names") or [str(i) for i in range(meta["num_classes"])]
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    used: set[str] = set()
-    results = []
-    for i, p in enumerate(image_paths):
-        stem = Path(p).stem
-        fname = f"{stem}_gradcam.png"
-        if fname in used:
-            fname = f"{stem}_{i}_gradcam.png"
-        used.add(fname)
-        target = out_dir / fname
-        heat = maps[i, 0]
-        with atomic_path(target) as tmp:
-            _overlay(originals[i], heat).save(tmp, format="PNG")
-        order = np.argsort(-probs[i])[:top]
-        results.append(
-            {
-                "path": str(p),
-                "predicted": names[int(order[0])],
-                "top": [{"class": names[int(j)], "prob": float(probs[i, j])} for j in order],
-                "probs": {names[j]: float(probs[i, j]) for j in range(len(names))},
-                "overlay_png": str(target),
-            }
-        )
-    return results
-
-
-def print_results(results: list[dict]) -> None:
-    """One line per explained image (for the CLI)."""
-    for r in results:
-        tops = ", ".join(f"{t['class']} {t['prob']:.3f}" for t in r["top"])
-        print(f"{r['path']}: {tops} -> {r['overlay_png']}", file=sys.stdout)

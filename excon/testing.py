@@ -53,3 +53,39 @@ def write_eval_parts(run_dir: Path, metrics: dict) -> None:
         else:
             own = {k: v for k, v in metrics.items() if k.startswith(prefix[part])}
         write_json(Path(run_dir) / "eval" / part / "metrics.json", {**ident, **own})
+
+
+def tiny_run(
+    run_dir: Path,
+    metrics: dict,
+    seed: int = 0,
+    channels: int = 3,
+    class_names: tuple[str, ...] = ("a", "b", "c"),
+    size: int = 16,
+) -> Path:
+    """An evaluated run as the real writers leave it (encoder, probe head, eval metrics) for an
+    untrained width-1/16 ResNet-18: what registry and serving tests register. Untrained, not
+    rigged: its outputs depend on the input like any network's."""
+    from excon.artifacts import model_meta, save_model
+    from excon.config import load_config
+    from excon.models import ExConNet
+    from excon.probe import save_probe_head
+
+    torch.manual_seed(seed)
+    k = len(class_names)
+    model = ExConNet(num_classes=k, width=0.0625, in_channels=channels, proj_dim=8)
+    data_meta = {
+        "dataset": "blobs",
+        "class_names": list(class_names),
+        "mean": [0.3] * channels,
+        "std": [0.25] * channels,
+        "image_size": [size, size],
+        "method": "supcon",
+        "gradcam_layer": None,
+    }
+    cfg = load_config(None, ["model.width=0.0625", "model.proj_dim=8"])
+    save_model(run_dir, model, model_meta(cfg.model, k, channels, data_meta))
+    head = torch.nn.Linear(model.encoder.feature_dim, k)
+    save_probe_head(run_dir, head)
+    write_eval_parts(run_dir, {"method": "supcon", **metrics})
+    return run_dir

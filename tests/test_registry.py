@@ -14,15 +14,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from excon import registry, tracking
-from excon.artifacts import model_meta, save_model
 from excon.config import load_config
-from excon.models import ExConNet
-from excon.probe import save_probe_head
-from excon.testing import write_eval_parts
+from excon.serve import model as serving
+from excon.testing import tiny_run
 
 mlflow = pytest.importorskip("mlflow")
 
@@ -32,22 +29,7 @@ BETTER = {"test/top1": 0.6, "calib/ece": 0.05, "adv/pgd/eps4/acc": 0.30, "expl/a
 
 
 def make_run(run_dir: Path, metrics: dict, seed: int = 0, channels: int = 3) -> Path:
-    torch.manual_seed(seed)
-    model = ExConNet(num_classes=3, width=0.0625, in_channels=channels, proj_dim=8)
-    data_meta = {
-        "dataset": "blobs",
-        "class_names": ["a", "b", "c"],
-        "mean": [0.3] * channels,
-        "std": [0.25] * channels,
-        "image_size": [16, 16],
-        "method": "supcon",
-        "gradcam_layer": None,
-    }
-    cfg = load_config(None, ["model.width=0.0625", "model.proj_dim=8"])
-    save_model(run_dir, model, model_meta(cfg.model, 3, channels, data_meta))
-    save_probe_head(run_dir, torch.nn.Linear(model.encoder.feature_dim, 3))
-    write_eval_parts(run_dir, {"method": "supcon", **metrics})
-    return run_dir
+    return tiny_run(run_dir, metrics, seed=seed, channels=channels)
 
 
 @pytest.fixture(scope="module")
@@ -133,8 +115,8 @@ def test_pyfunc_matches_own_loader(registered):
     images = np.random.default_rng(0).integers(0, 256, (5, 20, 20, 3), dtype=np.uint8)
     pyfunc = mlflow.pyfunc.load_model(f"models:/{name}@champion")
     probs = np.asarray(pyfunc.predict(images))
-    model, meta = registry.load_registered(f"models:/{name}/1")
-    ours = registry.predict_proba(model, meta, images)
+    model, meta = serving.load_registered(f"models:/{name}/1")
+    ours = serving.predict_proba(model, meta, images)
     assert probs.shape == (5, 3)
     np.testing.assert_allclose(probs, ours, atol=1e-5)
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-5)
@@ -163,7 +145,7 @@ def test_explain_files_writes_overlays(registered, tmp_path):
     rgb.parent.mkdir()
     Image.fromarray(rng.integers(0, 256, (24, 30, 3), dtype=np.uint8)).save(rgb)
     Image.fromarray(rng.integers(0, 256, (16, 16), dtype=np.uint8), mode="L").save(gray)
-    out = registry.explain_files(f"models:/{name}@champion", [rgb, gray], tmp_path / "out")
+    out = serving.explain_files(f"models:/{name}@champion", [rgb, gray], tmp_path / "out")
     assert [r["path"] for r in out] == [str(rgb), str(gray)]
     for r in out:
         assert sum(r["probs"].values()) == pytest.approx(1.0, abs=1e-5)
@@ -177,9 +159,9 @@ def test_explain_files_writes_overlays(registered, tmp_path):
 
 def test_explain_images_maps(registered):
     name, _ = registered
-    model, meta = registry.load_registered(f"models:/{name}@champion")
+    model, meta = serving.load_registered(f"models:/{name}@champion")
     images = np.random.default_rng(2).integers(0, 256, (2, 16, 16, 3), dtype=np.uint8)
-    probs, maps = registry.explain_images(model, meta, images)
+    probs, maps = serving.explain_images(model, meta, images)
     assert probs.shape == (2, 3) and maps.shape == (2, 1, 16, 16)
     assert maps.min() >= 0 and maps.max() <= 1
 

@@ -16,7 +16,8 @@ from excon.artifacts import model_meta, save_model
 from excon.config import load_config
 from excon.models import ExConNet
 from excon.probe import save_probe_head
-from excon.registry import load_registered, predict_proba, register
+from excon.registry import register
+from excon.serve.model import load_registered, predict_proba
 from excon.testing import write_eval_parts
 
 
