@@ -320,6 +320,19 @@ def cmd_explain(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    """Blocks until SIGTERM/SIGINT; the tracking store is the configured one (or
+    $MLFLOW_TRACKING_URI), which `models:/` URIs resolve against."""
+    from excon.serve.images import Limits
+    from excon.serve.server import serve
+    from excon.tracking import configure
+
+    cfg = _config(args)
+    configure(cfg)
+    serve(args.model, args.port, args.name, args.device, Limits(max_batch=args.max_batch))
+    return 0
+
+
 def format_table(rows: list[dict[str, Any]]) -> str:
     header = (
         f"{'method':<8} {'seed':>4} {'val/top1':>9} {'test/top1':>10} {'test/top5':>10} "
@@ -484,6 +497,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, help="e.g. models:/excon-animals@champion")
     p.add_argument("--out", default="explanations", help="folder for the overlay PNGs")
     p.add_argument("images", nargs="+", help="image files")
+
+    p = stage("serve", cmd_serve, "serve a registered model over HTTP (KServe v1/v2 + Grad-CAM)")
+    p.add_argument("--model", required=True, help="e.g. models:/excon-animals@champion")
+    p.add_argument("--port", type=int, default=8080, help="HTTP port (default 8080)")
+    p.add_argument("--name", help="model name in the routes (default: the registered name)")
+    p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:<i>")
+    p.add_argument("--max-batch", type=int, default=32, help="images per request at most")
 
     p = stage("study", cmd_study, "prepare, pre-train, probe, evaluate methods; print the report")
     p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
