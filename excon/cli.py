@@ -184,7 +184,8 @@ def _pretrain(args: argparse.Namespace, cfg: Config, out: Path, job: Any) -> int
     summary = stages.pretrain(cfg, data_dir(cfg, args.data), out, resume, on_epoch)
     if job.is_main:
         mirror(cfg, out)
-        print(f"trained {cfg.method.name} -> {out}: val/top1 {summary['val/top1']:.4f}")
+        split = "test" if cfg.study.protocol == "reference" else "val"  # scored every epoch
+        print(f"trained {cfg.method.name} -> {out}: {split}/top1 {summary[f'{split}/top1']:.4f}")
     return 0
 
 
@@ -341,7 +342,7 @@ def format_table(rows: list[dict[str, Any]]) -> str:
     lines = [header, "-" * len(header)]
     for r in rows:
         lines.append(
-            f"{r['method']:<8} {r.get('seed', ''):>4} {r['val/top1']:>9.4f} "
+            f"{r['method']:<8} {r.get('seed', ''):>4} {r.get('val/top1', float('nan')):>9.4f} "
             f"{r['test/top1']:>10.4f} {r['test/top5']:>10.4f} {r['train_seconds']:>8.0f}"
         )
     return "\n".join(lines)

@@ -50,6 +50,8 @@ class DataConfig:
     raw_dir: str | None = None  # original files the user already has (no download)
     download: bool = False
     image_size: int = 32  # imagefolder only; the others keep their native size
+    # 0 is legal under study.protocol=reference only: the whole training split trains, as the
+    # authors' --validation=0, and there is no split to select on but the test set.
     val_fraction: float = 0.1
     test_fraction: float = 0.1  # only for sources without an official test split
     limit_per_class: int | None = None  # subsample every split (quick runs)
@@ -81,6 +83,11 @@ class MethodConfig:
     gradcam_layer: str | None = None  # None: the reference's layer for the arch and image size
     relu_attributions: bool = False
     grid_images: int = 8  # val images in the per-epoch saliency grid PNG (0: none)
+    # Precision of Grad-CAM, the mask and the accept test when train.amp is on: "fp32" (default)
+    # keeps ExCon's own mechanism out of bf16, whose ~3 significant digits move pixels across
+    # tau and flip accept decisions; "amp" runs them under the training autocast, as a
+    # reference run under apex/AMP would. The encoder's training forward/backward stay bf16.
+    saliency_precision: Literal["fp32", "amp"] = "fp32"
 
 
 @dataclass
@@ -118,6 +125,11 @@ class TrainConfig:
     # Divergence guard: 0 (default) stops the run at the first non-finite loss or weight;
     # N > 0 skips the update of up to N non-finite steps per epoch (one host sync per step).
     nonfinite_tolerance: int = 0
+    # How BatchNorm normalises the contrastive batch: "batch" (default) normalises all views
+    # together; "per_view" normalises each view as its own batch, as the reference's
+    # DataParallel on two GPUs does (it splits cat([view1, view2]) into one chunk per GPU), with
+    # running statistics from view 1 only (DataParallel keeps device 0's replica's updates).
+    bn: Literal["batch", "per_view"] = "batch"
 
 
 @dataclass
@@ -186,6 +198,11 @@ class StudyConfig:
     # The training seeds of the study: an axis of both DAGs (runs in <runs>/<dataset>/<method>/
     # seed<k>/); the report gives every figure over them. One seed is not a result.
     seeds: list[int] = field(default_factory=lambda: [0])
+    # "heldout" (default): select on a validation split carved from train, test once.
+    # "reference": the authors' protocol (--validation=0): train on the whole training split
+    # (data.val_fraction 0), evaluate the test set after every epoch, and report the last epoch
+    # and the best test epoch (labelled "selected on test").
+    protocol: Literal["heldout", "reference"] = "heldout"
 
 
 @dataclass
@@ -209,10 +226,9 @@ class Config:
 _POSITIVE = (lambda v: v > 0, "> 0")
 _NON_NEGATIVE = (lambda v: v >= 0, ">= 0")
 _FRACTION = (lambda v: 0 <= v < 1, "in [0, 1)")
-_OPEN_FRACTION = (lambda v: 0 < v < 1, "in (0, 1)")
 _RULES: dict[str, tuple[typing.Callable[[Any], bool], str]] = {
     "data.image_size": (lambda v: v >= 8, ">= 8"),
-    "data.val_fraction": _OPEN_FRACTION,
+    "data.val_fraction": _FRACTION,
     "data.test_fraction": _FRACTION,
     "data.limit_per_class": (lambda v: v is None or v > 0, "> 0 or null"),
     "data.num_workers": _NON_NEGATIVE,
@@ -349,7 +365,24 @@ def from_dict(raw: dict[str, Any]) -> Config:
         if not isinstance(values, dict):
             raise ConfigError(f"{name}: expected a mapping, got {values!r}")
         built[name] = _build(hints[name], name, values)
-    return Config(**built)  # untouched sections keep their defaults (a test validates those)
+    cfg = Config(**built)  # untouched sections keep their defaults (a test validates those)
+    _check_protocol(cfg)
+    return cfg
+
+
+def _check_protocol(cfg: Config) -> None:
+    """The protocol and the validation split must agree: one selects on val, the other has none."""
+    val = cfg.data.val_fraction
+    if cfg.study.protocol == "heldout" and val == 0:
+        raise ConfigError(
+            "data.val_fraction: got 0, but study.protocol=heldout selects on a validation "
+            "split; set a fraction in (0, 1), or study.protocol=reference (the authors' protocol)"
+        )
+    if cfg.study.protocol == "reference" and val != 0:
+        raise ConfigError(
+            f"data.val_fraction: got {val!r}, but study.protocol=reference trains on the whole "
+            "training split (the authors' --validation=0); set data.val_fraction=0"
+        )
 
 
 def parse_override(text: str) -> tuple[str, str, Any]:

@@ -7,11 +7,13 @@ the method.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from excon.config import ConfigError, MethodConfig
 from excon.distributed import gather_with_grad
@@ -26,6 +28,7 @@ class StepContext:
     epoch: int = 0  # 0-based
     num_classes: int = 0
     gradcam: GradCam | None = None  # excon only
+    bn: str = "batch"  # train.bn: "batch" | "per_view" (how BatchNorm sees the views)
 
 
 @dataclass
@@ -64,12 +67,14 @@ def contrastive_step(
     labels: torch.Tensor,
     cfg: MethodConfig,
     background: torch.Tensor | None = None,
+    bn: str = "batch",
 ) -> StepOutput:
     """SupCon on `views` (each [B', ...]) with `labels` [B']. `background` marks ExCon's
     background negatives: excluded as anchors and positives unless `cfg.background_anchor`
-    (then they are one more class). The online head (if on) sees real samples of view 1 only."""
+    (then they are one more class). The online head (if on) sees real samples of view 1 only.
+    `bn`: how BatchNorm normalises the views (see `encode_views`)."""
     batch = labels.shape[0]
-    h = model.encoder(torch.cat(views))  # one forward for all views: BN sees the whole batch
+    h = encode_views(model.encoder, views, bn)
     z = model.projector(h).view(len(views), batch, -1).transpose(0, 1)
     negatives_only = None if cfg.background_anchor else background
     # Under DDP the contrast is over the global batch: every rank's features (with gradient),
@@ -97,7 +102,46 @@ def contrastive_step(
 def supcon_step(
     model: ExConNet, views: list[torch.Tensor], labels: torch.Tensor, ctx: StepContext
 ) -> StepOutput:
-    return contrastive_step(model, views, labels, ctx.cfg)
+    return contrastive_step(model, views, labels, ctx.cfg, bn=ctx.bn)
+
+
+def encode_views(encoder: nn.Module, views: list[torch.Tensor], bn: str) -> torch.Tensor:
+    """Features of cat(views). "batch": one forward, BatchNorm normalises all views together.
+    "per_view": each view is its own BatchNorm batch, as the reference's DataParallel on two
+    GPUs (it scatters cat([view1, view2]) in two halves, one per GPU); the running statistics
+    follow view 1 only, as DataParallel keeps only device 0's replica's buffer updates."""
+    if bn == "batch" or len(views) == 1:
+        return encoder(torch.cat(views))
+    first = encoder(views[0])
+    with _frozen_running_stats(encoder):
+        rest = [encoder(v) for v in views[1:]]
+    return torch.cat([first, *rest])
+
+
+@contextlib.contextmanager
+def _frozen_running_stats(module: nn.Module) -> Iterator[None]:
+    """BatchNorm buffers (running mean/var, batch count) as they were on entry, after the block."""
+    saved = [
+        (buf, buf.detach().clone())
+        for m in module.modules()
+        if isinstance(m, nn.modules.batchnorm._BatchNorm)
+        for buf in m.buffers()
+    ]
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for buf, value in saved:
+                buf.copy_(value)
+
+
+def saliency_precision(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    """ "fp32": autocast off for Grad-CAM, the mask and the accept test, whatever the training
+    step runs under (bf16 would move pixels across tau and flip accept decisions); "amp": as
+    the step (under train.amp, bf16 on CUDA)."""
+    if precision == "fp32":
+        return torch.autocast(device.type, enabled=False)
+    return contextlib.nullcontext()
 
 
 def masking_active(cfg: MethodConfig, epoch: int) -> bool:
@@ -136,10 +180,12 @@ def excon_views(
     cfg, gradcam = ctx.cfg, ctx.gradcam
     if gradcam is None:
         raise ValueError("excon step needs a GradCam in its StepContext")
-    saliency = gradcam(standard, labels)  # in the model's current (train) mode, as the reference
-    masked = mask_images(standard, keep_mask(saliency, cfg.tau))
-    with torch.no_grad():
-        accepted = model(masked).argmax(1) == labels
+    with saliency_precision(standard.device, cfg.saliency_precision):
+        # in the model's current (train) mode, as the reference
+        saliency = gradcam(standard, labels)
+        masked = mask_images(standard, keep_mask(saliency, cfg.tau))
+        with torch.no_grad():
+            accepted = model(masked).argmax(1) == labels
     view1 = torch.where(accepted[:, None, None, None], masked, spare)
     view2, out_labels = random, labels
     background = torch.zeros_like(labels, dtype=torch.bool)
@@ -160,9 +206,9 @@ def excon_step(
     if not masking_active(ctx.cfg, ctx.epoch):
         # Before exp_epochs ExCon is SupCon on the two random views (the reference's
         # `images[0] = images[2]`); the standard view is drawn but unused.
-        return contrastive_step(model, [spare, random], labels, ctx.cfg)
+        return contrastive_step(model, [spare, random], labels, ctx.cfg, bn=ctx.bn)
     v = excon_views(model, standard, random, spare, labels, ctx)
-    out = contrastive_step(model, [v.view1, v.view2], v.labels, ctx.cfg, v.background)
+    out = contrastive_step(model, [v.view1, v.view2], v.labels, ctx.cfg, v.background, ctx.bn)
     out.stats["accept_rate"] = v.accepted.float().mean().detach()
     out.stats["backgrounds"] = v.background.sum().float().detach()
     return out

@@ -41,7 +41,7 @@ FIGURES = "figures"  # training curves (every method) and ExCon's saliency grids
 
 
 # What a checkpoint must agree on to be resumed (probe/eval settings do not touch training),
-_TRAINING_SECTIONS = ("data", "model", "method", "optim", "train")
+_TRAINING_SECTIONS = ("data", "model", "method", "optim", "train", "study")
 # and parameters that may change between a run and its resume without changing the result.
 _RESUME_FREE = {
     "data.num_workers",
@@ -51,6 +51,7 @@ _RESUME_FREE = {
     "train.device",
     "train.compile",  # how the same computation runs, not what it computes
     "train.runs_dir",
+    "study.seeds",  # the study's list of seeds; this run's seed is train.seed
 }
 
 
@@ -71,6 +72,18 @@ def resolve_device(name: str) -> torch.device:
     if device.type == "mps" and not torch.backends.mps.is_available():
         raise ConfigError(f"train.device={name!r} but MPS is not available on this machine")
     return device
+
+
+def epoch_split(cfg: Config) -> str:
+    """The split scored after every epoch: val under the heldout protocol; the test set under
+    the reference protocol, which has no val split (the authors' --validation=0 loop)."""
+    return "test" if cfg.study.protocol == "reference" else "val"
+
+
+def best_epoch(history: list[dict[str, Any]], split: str) -> dict[str, Any]:
+    """The epoch whose `split` top-1 is highest (the first on ties, as the reference's `>`)."""
+    best = max(history, key=lambda r: (r[f"{split}/top1"], -r["epoch"]))
+    return {"epoch": best["epoch"], "top1": best[f"{split}/top1"], "selected_on": split}
 
 
 def seed_everything(seed: int) -> None:
@@ -357,11 +370,12 @@ def changed_parameters(saved: dict[str, Any], cfg: Config) -> list[str]:
 
 def check_finite_epoch(model: nn.Module, row: dict[str, Any], cfg: Config, epoch: int) -> None:
     """Stop before the epoch's checkpoint when a weight, a buffer (BatchNorm statistics) or
-    the val loss is not finite: the previous checkpoint stays the last good one."""
+    the scored split's loss is not finite: the previous checkpoint stays the last good one."""
     bad = nonfinite_tensors(model.state_dict())
     what = f"{len(bad)} weight tensors became non-finite (first: {bad[0]})" if bad else ""
-    if not bad and not math.isfinite(row["val/loss"]):
-        what = "the val loss is not finite"
+    split = epoch_split(cfg)
+    if not bad and not math.isfinite(row[f"{split}/loss"]):
+        what = f"the {split} loss is not finite"
     if what:
         raise DivergenceError(
             f"{cfg.method.name} diverged at epoch {epoch + 1}: {what}; "
@@ -375,6 +389,15 @@ def view_kinds(method: Method, cfg: Config) -> tuple[list[str], list[str]]:
     (kind "ce") become plain "standard" views when train.classifier_augment is off."""
     kind = "ce" if cfg.train.classifier_augment else "standard"
     return [kind if v == "ce" else v for v in method.views], [kind]
+
+
+def protocol_record(cfg: Config, history: list[dict[str, Any]]) -> dict[str, Any]:
+    """The protocol, and under the reference one the online head's best test epoch: the
+    figure the authors report (selected on test, so optimistic; the last epoch is the model)."""
+    record: dict[str, Any] = {"protocol": cfg.study.protocol}
+    if cfg.study.protocol == "reference":
+        record["online_best"] = best_epoch(history, "test")
+    return record
 
 
 def run_fingerprint(data_dir: Path) -> dict[str, str]:
@@ -450,7 +473,8 @@ def _pretrain(
     dist: distributed.Context,
 ) -> dict:
     data = load_prepared(Path(data_dir))
-    train_split, val_split = data.split("train"), data.split("val")
+    # the split scored after every epoch: val, or the test set under the reference protocol
+    train_split, scored_split = data.split("train"), data.split(epoch_split(cfg))
     rank_batch = distributed.per_rank_batch(cfg.train.batch_size, dist)
     if len(train_split.labels) < cfg.train.batch_size:
         raise ConfigError(
@@ -534,13 +558,17 @@ def _pretrain(
         layer = cfg.method.gradcam_layer or default_layer(cfg.model.arch, max(data.image_size))
         gradcam = GradCam(model, layer, cfg.method.relu_attributions)
         if cfg.method.grid_images > 0:
-            idx = _grid_indices(val_split.labels, cfg.method.grid_images)
+            idx = _grid_indices(scored_split.labels, cfg.method.grid_images)
             grid_ds = ViewDataset(
-                val_split.images[idx], val_split.labels[idx], ["standard"], data.mean, data.std
+                scored_split.images[idx],
+                scored_split.labels[idx],
+                ["standard"],
+                data.mean,
+                data.std,
             )
             grid = (
                 torch.stack([grid_ds[i][0][0] for i in range(len(idx))]).to(device),
-                torch.from_numpy(val_split.labels[idx]).to(device),
+                torch.from_numpy(scored_split.labels[idx]).to(device),
             )
 
     kw = {
@@ -584,8 +612,10 @@ def _pretrain(
         dataset = train_ds if which == "train" else head_ds
         return make_loader(dataset, rank_batch, train=True, epoch=epoch, **kw, **shard)
 
-    val_ds = ViewDataset(val_split.images, val_split.labels, ["standard"], data.mean, data.std)
-    val_loader = make_loader(val_ds, cfg.train.batch_size, train=False, **kw)
+    scored_ds = ViewDataset(
+        scored_split.images, scored_split.labels, ["standard"], data.mean, data.std
+    )
+    scored_loader = make_loader(scored_ds, cfg.train.batch_size, train=False, **kw)
 
     for epoch in range(start_epoch, cfg.train.epochs):
         # Global RNG re-seeded per epoch: augmentations in the main process replay after resume
@@ -594,7 +624,7 @@ def _pretrain(
         loader = epoch_batches("train", epoch)
         epoch_start = time.perf_counter()
         row: dict[str, Any] = {"epoch": epoch + 1}
-        ctx = StepContext(cfg.method, epoch, data.num_classes, gradcam)
+        ctx = StepContext(cfg.method, epoch, data.num_classes, gradcam, cfg.train.bn)
         row.update(
             train_one_epoch(model, method, cfg, ctx, optimizer, loader, device, epoch, stepper)
         )
@@ -605,9 +635,8 @@ def _pretrain(
                     model, cfg, head_optimizer, head_loader, device, epoch, classifier=head
                 )
             )
-        row.update(
-            {f"val/{k}": v for k, v in evaluate(model, val_loader, device, cfg.train.amp).items()}
-        )
+        scored = evaluate(model, scored_loader, device, cfg.train.amp)
+        row.update({f"{epoch_split(cfg)}/{k}": v for k, v in scored.items()})
         row["time/epoch_s"] = time.perf_counter() - epoch_start
         check_finite_epoch(model, row, cfg, epoch)
         if not dist.is_main:  # the other ranks only train; rank 0 writes for the job
@@ -649,7 +678,8 @@ def _pretrain(
             on_epoch(row)
         print(
             f"[{method.name}] epoch {epoch + 1}/{cfg.train.epochs} "
-            f"loss {row['train/loss']:.4f} val/top1 {row['val/top1']:.4f} "
+            f"loss {row['train/loss']:.4f} "
+            f"{epoch_split(cfg)}/top1 {row[f'{epoch_split(cfg)}/top1']:.4f} "
             f"{row['train/images_per_s']:.0f} img/s",
             file=sys.stderr,
             flush=True,
@@ -669,6 +699,8 @@ def _pretrain(
             "method": method.name,
             # the layer excon explained during training; evaluation explains at the same one
             "gradcam_layer": gradcam.layer_name if gradcam is not None else None,
+            # evaluation and the probe read how this run was selected from here
+            **protocol_record(cfg, history),
         },
     )
     summary = {
@@ -676,6 +708,7 @@ def _pretrain(
         "epochs": cfg.train.epochs,
         "train_seconds": sum(r["time/epoch_s"] for r in history),
         **history[-1],
+        **protocol_record(cfg, history),
     }
     if dist.is_main:
         artifacts.save_model(run_dir, model, meta)

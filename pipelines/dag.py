@@ -43,6 +43,9 @@ STAGE_PARAMS: dict[str, list[str]] = {
         "train.augment",
         "train.classifier_augment",
         "train.nonfinite_tolerance",
+        "train.bn",
+        # which split is scored every epoch and recorded in model.json (probe, evaluate read it)
+        "study.protocol",
     ],
     # train.seed is no parameter of a run's stages: the seed axis (study.seeds) passes it
     "probe": ["probe"],

@@ -37,7 +37,7 @@ def test_yaml_and_overrides(tmp_path):
         ("train.amp=1", r"train\.amp: got 1, expected bool"),
         ("model.arch=vgg", r"model\.arch: got 'vgg', expected one of 'resnet18', 'resnet50'"),
         ("method.name=byol", r"method\.name: got 'byol', expected one of 'ce', 'supcon', 'excon'"),
-        ("data.val_fraction=1.5", r"data\.val_fraction: got 1\.5, must be in \(0, 1\)"),
+        ("data.val_fraction=1.5", r"data\.val_fraction: got 1\.5, must be in \[0, 1\)"),
         ("optim.lr=-1", r"optim\.lr: got -1\.0, must be > 0"),
         ("probe.lrs=[]", r"probe\.lrs: got \[\], must be a non-empty list"),
         ("train.batch_size=1", r"train\.batch_size: got 1, must be >= 2"),
@@ -73,3 +73,14 @@ def test_underscore_sections_belong_to_other_tools(tmp_path):
     p = tmp_path / "params.yaml"
     p.write_text("_pipeline:\n  anything: 1\ntrain:\n  epochs: 2\n")
     assert load_config(p).train.epochs == 2
+
+
+def test_the_protocol_and_the_validation_split_agree():
+    cfg = load_config(None, ["study.protocol=reference", "data.val_fraction=0"])
+    assert cfg.data.val_fraction == 0.0
+    with pytest.raises(
+        ConfigError, match=r"^data\.val_fraction: got 0, but study\.protocol=heldout"
+    ):
+        load_config(None, ["data.val_fraction=0"])  # heldout selects on val: it needs one
+    with pytest.raises(ConfigError, match=r"set data\.val_fraction=0$"):
+        load_config(None, ["study.protocol=reference"])  # reference trains on all of train

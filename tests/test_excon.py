@@ -275,3 +275,27 @@ def test_the_head_epoch_trains_the_head_only_once_per_encoder_epoch(tmp_path, mo
     monkeypatch.setattr(train, "train_head_one_epoch", spy)
     train.pretrain(cfg, data, tmp_path / "run")
     assert calls == [0, 1]  # exactly one head epoch per encoder epoch, in order
+
+
+@pytest.mark.parametrize("precision", ["default", "amp"])
+def test_saliency_runs_in_fp32_under_bf16_autocast_by_default(net, precision):
+    """The default recipe trains under bf16 autocast (train.amp); Grad-CAM, the mask and the
+    accept test must still run in fp32 (method.saliency_precision=fp32) and decide as a run
+    without autocast does. CPU autocast stands in for CUDA's: the code path is the same."""
+    views, labels = batch(8)
+    net.train()
+    state = {k: v.clone() for k, v in net.state_dict().items()}
+    fp32 = excon_views(net, *views, labels, ctx_for(net, tau=0.5))
+    net.load_state_dict(state)  # the train-mode forwards moved BatchNorm's running statistics
+    seen: list[torch.dtype] = []
+    hook = net.classifier.register_forward_hook(lambda m, i, out: seen.append(out.dtype))
+    chosen = {} if precision == "default" else {"saliency_precision": precision}
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mixed = excon_views(net, *views, labels, ctx_for(net, tau=0.5, **chosen))
+    hook.remove()
+    if precision == "default":
+        assert set(seen) == {torch.float32}  # Grad-CAM's and the accept test's logits
+        assert torch.equal(mixed.accepted, fp32.accepted)
+        assert torch.equal(mixed.saliency, fp32.saliency)
+    else:  # the mutation the default guards against: autocast reaches saliency
+        assert torch.bfloat16 in seen

@@ -50,3 +50,27 @@ def test_ce_step(net):
     out = ce_step(net, [x], y, StepContext(MethodConfig()))
     net.train()
     assert out.loss.item() == pytest.approx(F.cross_entropy(net(x), y).item(), rel=1e-4)
+
+
+def test_per_view_batchnorm_normalises_each_view_as_its_own_batch(net):
+    """train.bn=per_view: outputs equal each view through the encoder alone, as the reference's
+    two-GPU DataParallel (one view per GPU); running statistics follow view 1 only (device 0's
+    replica). The default (whole batch) differs."""
+    import copy
+
+    from excon.methods import encode_views
+
+    torch.manual_seed(1)
+    views = [torch.randn(6, 1, 16, 16), 3 + 2 * torch.randn(6, 1, 16, 16)]  # unlike statistics
+    net.train()
+    alone, per_view, whole = (copy.deepcopy(net.encoder) for _ in range(3))
+    expected = torch.cat([alone(views[0]), copy.deepcopy(net.encoder)(views[1])])
+    got = encode_views(per_view, views, "per_view")
+    torch.testing.assert_close(got, expected)
+    for a, b in zip(alone.buffers(), per_view.buffers(), strict=True):
+        assert torch.equal(a, b)  # running statistics: view 1's batch only
+    batched = encode_views(whole, views, "batch")
+    assert not torch.allclose(batched, got, atol=1e-3)
+    bn = next(m for m in whole.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    bn_view = next(m for m in per_view.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    assert not torch.allclose(bn.running_mean, bn_view.running_mean)

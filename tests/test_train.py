@@ -223,3 +223,42 @@ def test_classifier_augment_off_gives_the_classifier_standard_views(
         tmp_path / "run",
     )
     assert summary["epochs"] == 1
+
+
+def test_reference_protocol_trains_on_all_of_train_and_labels_test_selection(tiny_config, tmp_path):
+    """study.protocol=reference (the authors' --validation=0): no val split, the test set scored
+    after every epoch, the best epoch recorded as selected on test beside the last one; the
+    probe selects on test and says so."""
+    import numpy as np
+
+    from excon.data.prepared import RawDataset, Split, load_prepared, write_prepared
+    from excon.evaluate.stage import selected_on_test
+    from excon.probe import probe
+    from tests.conftest import blob_images
+
+    splits = {
+        name: Split(*blob_images(n, 4, 16, 1, seed=n)) for name, n in (("train", 24), ("test", 6))
+    }
+    splits["val"] = Split(np.zeros((0, 16, 16, 1), np.uint8), np.zeros(0, np.int64))
+    data = tmp_path / "data"
+    write_prepared(RawDataset("blobs", list("abcd"), splits, {"val_fraction": 0}), data)
+    assert len(load_prepared(data).split("val").labels) == 0
+    cfg = tiny_config(
+        "method.name=ce", "train.epochs=3", "study.protocol=reference", "data.val_fraction=0"
+    )
+    summary = pretrain(cfg, data, tmp_path / "run")
+    history = [json.loads(line) for line in (tmp_path / "run" / train.METRICS_LOG).open()]
+    assert all("test/top1" in r and "val/top1" not in r for r in history)
+    best = max(history, key=lambda r: (r["test/top1"], -r["epoch"]))
+    expected = {"epoch": best["epoch"], "top1": best["test/top1"], "selected_on": "test"}
+    _, meta = artifacts.load_model(tmp_path / "run")
+    assert meta["protocol"] == "reference" and meta["online_best"] == expected
+    assert summary["online_best"] == expected and summary["test/top1"] == history[-1]["test/top1"]
+    assert selected_on_test(meta) == {
+        "online/top1_best_epoch": best["test/top1"],
+        "online/best_epoch": best["epoch"],
+    }
+    metrics = probe(cfg, data, tmp_path / "run")
+    assert metrics["probe/selected_on"] == "test" and "val/top1" not in metrics
+    assert metrics["test/top1"] >= metrics["test/top1_last_epoch"]  # best of epochs incl. last
+    assert np.isfinite(metrics["test/top1_last_epoch"])

@@ -57,10 +57,11 @@ def read_raw(
     """Dispatch to the reader of `name` (see prepare_dataset for the arguments)."""
     if name not in DATASETS:
         raise DataError(f"unknown dataset {name!r}; choose from {', '.join(DATASETS)}")
-    if not (val_fraction > 0 and test_fraction >= 0 and val_fraction + test_fraction < 1):
+    # val_fraction 0: the whole training split trains (study.protocol=reference); val is empty
+    if not (val_fraction >= 0 and test_fraction >= 0 and val_fraction + test_fraction < 1):
         raise DataError(
             f"val_fraction ({val_fraction}) and test_fraction ({test_fraction}) must be "
-            "positive and sum to less than 1"
+            "non-negative and sum to less than 1"
         )
     if image_size < 1:
         raise DataError(f"image_size must be positive, got {image_size}")

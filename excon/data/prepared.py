@@ -112,7 +112,9 @@ class RawDataset:
         for split_name in SPLITS:
             split = self.splits[split_name]
             split.validate(f"{self.name}: {split_name} split", len(names))
-            if len(split) == 0:
+            # val_fraction 0 (study.protocol=reference): no val split, by request
+            wanted_empty = split_name == "val" and self.source.get("val_fraction") == 0
+            if len(split) == 0 and not wanted_empty:
                 raise DataError(
                     f"{self.name}: {split_name} split is empty (too few images for the "
                     "requested fractions / limit)"

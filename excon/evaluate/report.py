@@ -22,6 +22,14 @@ HEADS = {
     "probe": "the linear probe, selected on val",
     "online": "the head co-trained with the encoder (the reference's)",
 }
+PROTOCOLS = {
+    "heldout": "heldout: models selected on a validation split carved from train, test scored once",
+    "reference": (
+        "reference (the authors' --validation=0): trained on the whole training split, test "
+        "scored after every epoch; rows marked 'selected on test' are chosen on the set they "
+        "are scored on, so they are optimistic"
+    ),
+}
 
 
 def load_eval_metrics(run_dir: Path, parts: tuple[str, ...] = PARTS) -> dict:
@@ -176,17 +184,27 @@ def report(run_dirs: list[Path], out_dir: Path) -> Summary:
     values = [(r["method"], per_image.load(Path(d))) for r, d in zip(runs, run_dirs, strict=True)]
     found = claims.intervals(list(summary), values, rows)
     f = Findings(summary, rows, found, claims.claim_verdicts(found, rows))
-    heads = sorted({HEADS[r.get("head", "probe")] for r in runs})
-    artifacts.write_text(out_dir / "report.md", _markdown(f, heads))
-    artifacts.write_json(out_dir / "report.json", report_json(f))
+    heads = sorted({_head(r) for r in runs})
+    protocols = sorted({PROTOCOLS[r.get("protocol", "heldout")] for r in runs})
+    artifacts.write_text(out_dir / "report.md", _markdown(f, heads, protocols))
+    named = sorted({r.get("protocol", "heldout") for r in runs})
+    artifacts.write_json(out_dir / "report.json", {**report_json(f), "protocols": named})
     _plots(out_dir, f)
     return summary
 
 
-def _markdown(f: Findings, heads: list[str]) -> str:
+def _head(run: dict) -> str:
+    head = HEADS[run.get("head", "probe")]
+    if run.get("protocol") == "reference":  # no val split: the probe was selected on test
+        head = head.replace("selected on val", "selected on test")
+    return head
+
+
+def _markdown(f: Findings, heads: list[str], protocols: list[str]) -> str:
     parts = [
         "# excon: methods compared",
         "\n".join(claim_lines(f.verdicts, f.found, f.rows, list(f.summary))),
+        f"Protocol (`study.protocol`): {'; '.join(protocols)}.",
         f"Scored classifier (`eval.head`): {', '.join(heads)}.",
         "## Values: mean ± std over seeds",
         markdown_table(f.summary),

@@ -27,10 +27,28 @@ def test_unknown_dataset(tmp_path):
         prepare_dataset("mnist", tmp_path / "out")
 
 
-@pytest.mark.parametrize(("val", "test"), [(0.0, 0.1), (0.5, 0.5), (0.1, -0.1)])
+@pytest.mark.parametrize(("val", "test"), [(-0.1, 0.1), (0.5, 0.5), (0.1, -0.1)])
 def test_bad_fractions(tmp_path, val, test):
     with pytest.raises(DataError, match=r"val_fraction"):
         prepare_dataset("animals", tmp_path / "out", val_fraction=val, test_fraction=test)
+
+
+def test_val_fraction_zero_trains_on_the_whole_training_split(tmp_path, formats):
+    """study.protocol=reference: no val split is carved; any other empty split stays an error."""
+    formats.write_imagefolder(tmp_path / "raw", {"a": 10, "b": 10})
+    kw = {"raw_dir": tmp_path / "raw", "image_size": 8, "test_fraction": 0.2}
+    manifest = prepare_dataset("imagefolder", tmp_path / "out", val_fraction=0.0, **kw)
+    assert manifest["splits"] == {"train": 16, "val": 0, "test": 4}
+    assert load_prepared(tmp_path / "out").split("val").images.shape == (0, 8, 8, 3)
+    with pytest.raises(DataError, match=r"test split is empty"):
+        prepare_dataset(
+            "imagefolder",
+            tmp_path / "no",
+            val_fraction=0.0,
+            raw_dir=kw["raw_dir"],
+            image_size=8,
+            test_fraction=0.0,
+        )
 
 
 def test_imagefolder_needs_raw_dir(tmp_path):
