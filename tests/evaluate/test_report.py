@@ -153,3 +153,22 @@ def test_without_both_excon_and_supcon_no_claim_is_tested(tmp_path, run_with_val
         "and this report has ce, excon."
     )
     assert lines[4] == "- accuracy: **not tested**"
+
+
+def test_the_report_names_the_protocol_and_labels_test_selection(tmp_path):
+    ref = {"protocol": "reference", "head": "online", "online/top1": 0.7}
+    runs = [
+        fake_run(tmp_path, "supcon", 0, **ref, **{"online/top1_best_epoch": 0.74}),
+        fake_run(tmp_path, "excon", 0, **ref, **{"online/top1_best_epoch": 0.76}),
+    ]
+    report(runs, tmp_path / "report")
+    text = (tmp_path / "report" / "report.md").read_text()
+    assert "Protocol (`study.protocol`): reference (the authors' --validation=0)" in text
+    assert "| online head top-1, last epoch ↑ | **0.7000** | 0.7000 |" in text  # ties: first
+    assert "| online head top-1, best epoch (selected on test) ↑ | 0.7400 | **0.7600** |" in text
+    assert json.loads((tmp_path / "report" / "report.json").read_text())["protocols"] == [
+        "reference"
+    ]
+    heldout = [fake_run(tmp_path / "h", "ce", 0, **{"test/top1": 0.5})]  # runs before protocols
+    report(heldout, tmp_path / "h" / "report")
+    assert "Protocol (`study.protocol`): heldout:" in (tmp_path / "h/report/report.md").read_text()
