@@ -361,18 +361,39 @@ def _pipeline_parent(mlflow: Any, experiment: Any) -> str | None:
     return found[0].info.run_id if found else None
 
 
-def start_parent(cfg: Config) -> str:
+def start_parent(cfg: Config, keep_running: bool = False) -> str:
     """Create the parent run of one pipeline run and return its id (tagged with
-    $EXCON_PIPELINE_RUN when set, so the run's tasks find it)."""
+    $EXCON_PIPELINE_RUN when set, so the run's tasks find it). `keep_running`: left RUNNING
+    for the pipeline's exit handler to end with the pipeline's status (end_parent)."""
     preflight(cfg)
     mlflow = configure(cfg)
-    set_experiment(mlflow, cfg)
+    experiment = set_experiment(mlflow, cfg)
     tags = {"excon.stage": "pipeline", **commit_tags(git_commit())}
     if os.environ.get(PIPELINE_RUN_ENV):
         tags[PIPELINE_RUN_TAG] = os.environ[PIPELINE_RUN_ENV]
+    if keep_running:  # the client API: the fluent one ends its active run at process exit
+        tags["mlflow.runName"] = f"study-{cfg.data.dataset}"
+        return mlflow.MlflowClient().create_run(experiment.experiment_id, tags=tags).info.run_id
     run = mlflow.start_run(run_name=f"study-{cfg.data.dataset}", tags=tags)
     mlflow.end_run()
     return run.info.run_id
+
+
+def end_parent(cfg: Config, status: str, reason: str = "") -> str | None:
+    """End the parent run of $EXCON_PIPELINE_RUN with `status` (FINISHED, FAILED, KILLED),
+    tagging `reason`; returns its id, None when there is none (tracking off, or the pipeline
+    failed before start-tracking made it)."""
+    if not cfg.tracking.enabled:
+        return None
+    mlflow = configure(cfg)
+    parent = _pipeline_parent(mlflow, set_experiment(mlflow, cfg))
+    if parent is None:
+        return None
+    client = mlflow.MlflowClient()
+    if reason:
+        client.set_tag(parent, "excon.pipeline_error", reason[:5000])
+    client.set_terminated(parent, status=status)
+    return parent
 
 
 def main(argv: list[str] | None = None) -> int:

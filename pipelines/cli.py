@@ -52,15 +52,9 @@ def _config(args: argparse.Namespace, extra: list[str]) -> Config:
     params = args.params
     if params is None and Path(DEFAULT_PARAMS).is_file():
         params = DEFAULT_PARAMS
-    cfg = load_config(params, [*extra, *args.overrides])
-    if args.seed is not None:  # one pipeline run per seed of the study
-        cfg = load_config(params, [*extra, *args.overrides, f"study.seeds=[{args.seed}]"])
-    elif len(cfg.study.seeds) > 1:
-        raise ConfigError(
-            f"study.seeds holds {cfg.study.seeds}, and a pipeline run trains one seed: pass "
-            "--seed K (one run per seed; `excon report --runs` compares them)"
-        )
-    return cfg
+    # Every seed of study.seeds is an iteration of the pipeline's seed loop; --seed K runs one.
+    seed = [f"study.seeds=[{args.seed}]"] if args.seed is not None else []
+    return load_config(params, [*extra, *args.overrides, *seed])
 
 
 def _json_arg(text: str, kind: type, flag: str) -> object:
@@ -195,7 +189,9 @@ def cmd_run_local(args: argparse.Namespace) -> int:
         pipeline_root=str(root / "artifacts"),
         raise_on_error=True,
     )
-    pipeline = build_pipeline(cfg, args.methods, DEFAULT_IMAGE, Resources(secrets=False))
+    # One seed at a time: the runs share this machine's cores.
+    local_resources = Resources(secrets=False, seed_parallelism=1)
+    pipeline = build_pipeline(cfg, args.methods, DEFAULT_IMAGE, local_resources)
     # The tasks (subprocesses) inherit this: on a cluster it comes from the pod's labels.
     os.environ["EXCON_PIPELINE_RUN"] = f"local-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
     start = time.perf_counter()
@@ -229,7 +225,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument(
             "--seed",
             type=int,
-            help="the seed this run trains (required when study.seeds has several)",
+            help="train this seed only (default: every seed of study.seeds, in parallel)",
         )
         return p
 

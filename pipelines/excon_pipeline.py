@@ -37,9 +37,8 @@ import yaml
 from kfp import compiler, dsl, kubernetes
 
 from components import DEFAULT_IMAGE
-from components.evaluate_calibration.component import evaluate_calibration
-from components.evaluate_explanations.component import evaluate_explanations
-from components.evaluate_robustness.component import evaluate_robustness
+from components.evaluate.component import evaluate
+from components.finish_run.component import finish_run
 from components.prepare.component import prepare
 from components.pretrain.component import pretrain
 from components.pretrain_job.component import pretrain_job
@@ -52,11 +51,6 @@ from pipelines import dag, pytorchjob
 from pipelines.stage_code import code_version
 
 PIPELINE_NAME = "excon-study"
-EVALUATIONS = {
-    "calibration": evaluate_calibration,
-    "robustness": evaluate_robustness,
-    "explanations": evaluate_explanations,
-}
 # Kubernetes secrets (infra/k8s) -> the environment variables boto3, DVC and MLflow read.
 S3_SECRET = "excon-s3"
 S3_KEYS = [
@@ -117,6 +111,8 @@ class Resources:
     gpu_timeout_s: int = 4 * 3600  # probe and the evaluations
     cpu_timeout_s: int = 3600  # prepare (downloads included), report, register, start-tracking
     secrets: bool = True  # off for kfp.local, which has no cluster to read them from
+    # Seeds trained at once (ParallelFor parallelism; 0: all). kfp.local on a laptop: 1.
+    seed_parallelism: int = 0
 
 
 def named(component: Callable, name: str) -> Callable:
@@ -143,16 +139,24 @@ def task_params(cfg: Config, stage: str, method: str | None = None) -> str:
 
 
 def task_inputs(
-    cfg: Config, stage: str, method: str | None = None, version: str | None = None
+    cfg: Config,
+    stage: str,
+    method: str | None = None,
+    version: str | None = None,
+    seed: Any = None,
 ) -> dict[str, Any]:
     """What decides a task's result besides its upstream artifacts (see the module docstring):
-    its parameter slice, its code version and, for the stages of one run, method and seed."""
+    its parameter slice, its code version and, for the stages of one run, method and seed
+    (`seed`: the pipeline's seed-loop item; default cfg.train.seed). A register task covers
+    every seed of its method: no seed."""
     given = {
         "params": task_params(cfg, stage, method),
         "code_version": version or code_version(stage),
     }
     if method is not None:
-        given.update(method=method, seed=cfg.train.seed)
+        given["method"] = method
+        if stage != "register":
+            given["seed"] = cfg.train.seed if seed is None else seed
     return given
 
 
@@ -165,66 +169,57 @@ def run_settings(cfg: Config) -> str:
     return json.dumps([f"{k}={json.dumps(v)}" for k, v in sorted(flat.items())])
 
 
-def build_pipeline(
-    cfg: Config,
-    methods: Sequence[str] = dag.METHODS,
-    image: str = DEFAULT_IMAGE,
-    resources: Resources | None = None,
-) -> Callable:
-    """A pipeline function for `cfg` (compiled in) over `methods`."""
-    resources = resources or Resources()
-    unknown = [m for m in methods if m not in dag.METHODS]
-    if unknown or not methods or len(set(methods)) != len(methods):
-        raise ValueError(f"methods: got {list(methods)}, allowed {', '.join(dag.METHODS)}")
-    job_manifest = None
-    if resources.nodes * resources.gpus > 1:
-        job = pytorchjob.render(
-            image,
-            resources.nodes,
-            resources.gpus,
-            resources.accelerator,
-            resources.gpu_cpu,
-            resources.gpu_memory,
-            resources.shm_size,
-        )
-        job_manifest = json.dumps(job, sort_keys=True)
-    if len(cfg.study.seeds) != 1:
-        # The report task takes one evaluation per method and part; gathering several seeds'
-        # evaluations into it is not built yet (dvc.yaml has the seed axis).
-        raise ValueError(
-            f"study.seeds: the Kubeflow pipeline runs one seed per pipeline run, got "
-            f"{cfg.study.seeds}; submit one run per seed (--set 'study.seeds=[k]')"
-        )
-    seed = cfg.study.seeds[0]
-    cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, seed=seed))
-    config_dict = cfg.to_dict()
-    config_text = yaml.safe_dump(config_dict, sort_keys=True)  # start-tracking only: uncached
-    settings = run_settings(cfg)
-    # The components' and pipelines' own source: a component's body is its command (the
-    # backend's fingerprint has it), but a custom cache_key replaces the command in kfp.local's.
-    glue = dag.code_digest(dag.code_roots()[1:])
-    versions = {stage: code_version(stage) for stage in dag.STAGE_PARAMS}
+@dataclass(frozen=True)
+class Placement:
+    """The pipeline's run-time parameters that place a run's GPU work."""
 
-    def key(stage: str, method: str | None, *upstream: str) -> str:
-        run_seed = None if stage in ("prepare", "report") else seed
-        code = f"{versions[stage]}:{glue}"
-        return dag.cache_key(stage, method, config_dict, code, image, list(upstream), run_seed)
+    node_selector: Any
+    tolerations: Any
+    checkpoint_url: Any
+    staging_url: Any
 
-    def inputs(stage: str, method: str | None = None) -> dict[str, Any]:
-        return task_inputs(cfg, stage, method, versions[stage])
+
+@dataclass(frozen=True)
+class Run:
+    """One run's tasks (one method, one seed of the loop)."""
+
+    pretrain: dsl.PipelineTask
+    probe: dsl.PipelineTask
+    evaluations: dict[str, dsl.PipelineTask]
+
+
+@dataclass
+class _Tasks:
+    """Builds the pipeline's tasks: what every task shares (image, caching, resources, pod
+    security, environment, secrets) and one run's chain (pretrain -> probe -> evaluations)."""
+
+    cfg: Config
+    image: str
+    resources: Resources
+    job_manifest: str | None
+    settings: str = ""
+    versions: dict[str, str] = dataclasses.field(default_factory=dict)
+
+    def inputs(self, stage: str, method: str | None = None, seed: Any = None) -> dict[str, Any]:
+        return task_inputs(self.cfg, stage, method, self.versions[stage], seed)
 
     def common(
-        task: dsl.PipelineTask, name: str, cache: str | None, timeout_s: int
+        self, task: dsl.PipelineTask, name: str, cache: str | bool | None, timeout_s: int
     ) -> dsl.PipelineTask:
+        """`cache`: a key (cached under it), True (cached by the backend's fingerprint only) or
+        None (never cached)."""
+        resources = self.resources
         task.set_display_name(name)
-        task.set_container_image(image)
+        task.set_container_image(self.image)
         if cache is None:
             task.set_caching_options(False)
+        elif cache is True:
+            task.set_caching_options(True)
         else:
             task.set_caching_options(True, cache_key=cache)
         task.set_cpu_request(resources.cpu).set_memory_request(resources.memory)
         task.set_cpu_limit(resources.cpu).set_memory_limit(resources.memory)
-        task.set_env_variable(RUN_SETTINGS_ENV, settings)
+        task.set_env_variable(RUN_SETTINGS_ENV, self.settings)
         kubernetes.set_security_context(
             task, run_as_user=IMAGE_UID, run_as_group=IMAGE_UID, run_as_non_root=True
         )
@@ -243,15 +238,14 @@ def build_pipeline(
             )
         return task
 
-    def on_gpu(
-        task: dsl.PipelineTask, node_selector: dict, tolerations: list, gpus: int = 1
-    ) -> None:
+    def on_gpu(self, task: dsl.PipelineTask, placement: Placement, gpus: int = 1) -> None:
+        resources = self.resources
         task.set_accelerator_type(resources.accelerator)
         task.set_accelerator_limit(gpus)
         task.set_cpu_request(resources.gpu_cpu).set_cpu_limit(resources.gpu_cpu)
         task.set_memory_request(resources.gpu_memory).set_memory_limit(resources.gpu_memory)
-        kubernetes.add_node_selector_json(task, node_selector)
-        kubernetes.add_toleration_json(task, tolerations)
+        kubernetes.add_node_selector_json(task, placement.node_selector)
+        kubernetes.add_toleration_json(task, placement.tolerations)
         kubernetes.empty_dir_mount(
             task,
             volume_name="dshm",
@@ -259,6 +253,93 @@ def build_pipeline(
             medium="Memory",
             size_limit=resources.shm_size,
         )
+
+    def pretrain(self, m: str, seed: Any, data: dsl.PipelineTask, where: Placement) -> Any:
+        resources, name = self.resources, f"pretrain-{m}"
+        if self.job_manifest is None:
+            pre = named(pretrain, name)(
+                **self.inputs("pretrain", m, seed),
+                dataset=data.outputs["dataset"],
+                checkpoint_url=where.checkpoint_url,
+            )
+            self.common(pre, name, True, resources.pretrain_timeout_s)
+            self.on_gpu(pre, where, resources.gpus)
+        else:  # several GPUs or nodes: this task launches and awaits a PyTorchJob
+            pre = named(pretrain_job, name)(
+                **self.inputs("pretrain", m, seed),
+                dataset=data.outputs["dataset"],
+                job_manifest=self.job_manifest,  # its process count is part of the fingerprint
+                staging_url=where.staging_url,
+                node_selector=where.node_selector,
+                tolerations=where.tolerations,
+            )
+            self.common(pre, name, True, resources.pretrain_timeout_s)
+        pre.set_retry(resources.pretrain_retries, backoff_duration="60s", backoff_factor=2)
+        return pre
+
+    def run(self, m: str, seed: Any, data: dsl.PipelineTask, where: Placement) -> Run:
+        """One run's chain, inside the seed loop. Cached by the backend's fingerprint alone:
+        a compiled cache_key is one constant for every iteration of the loop, so a backend that
+        honours it would hand seed 1 the results of seed 0."""
+        pre = self.pretrain(m, seed, data, where)
+        name = f"probe-{m}"
+        lin = named(probe, name)(
+            **self.inputs("probe", m, seed),
+            dataset=data.outputs["dataset"],
+            model=pre.outputs["model"],
+        )
+        self.common(lin, name, True, self.resources.gpu_timeout_s)
+        self.on_gpu(lin, where)
+        parts = {}
+        for part in dag.PARTS:
+            name = f"evaluate-{part}-{m}"
+            ev = named(evaluate, name)(
+                **self.inputs(f"evaluate_{part}", m, seed),
+                part=part,
+                dataset=data.outputs["dataset"],
+                model=pre.outputs["model"],
+                probe_head=lin.outputs["probe_head"],
+            )
+            self.common(ev, name, True, self.resources.gpu_timeout_s)
+            self.on_gpu(ev, where)
+            parts[part] = ev
+        return Run(pre, lin, parts)
+
+
+def _job_manifest(image: str, resources: Resources) -> str | None:
+    """The PyTorchJob pretrain launches when it needs several GPUs or nodes, else None."""
+    if resources.nodes * resources.gpus == 1:
+        return None
+    job = pytorchjob.render(
+        image,
+        resources.nodes,
+        resources.gpus,
+        resources.accelerator,
+        resources.gpu_cpu,
+        resources.gpu_memory,
+        resources.shm_size,
+    )
+    return json.dumps(job, sort_keys=True)
+
+
+def build_pipeline(
+    cfg: Config,
+    methods: Sequence[str] = dag.METHODS,
+    image: str = DEFAULT_IMAGE,
+    resources: Resources | None = None,
+) -> Callable:
+    """A pipeline function for `cfg` (compiled in) over `methods` x study.seeds."""
+    resources = resources or Resources()
+    unknown = [m for m in methods if m not in dag.METHODS]
+    if unknown or not methods or len(set(methods)) != len(methods):
+        raise ValueError(f"methods: got {list(methods)}, allowed {', '.join(dag.METHODS)}")
+    seeds = list(cfg.study.seeds)
+    b = _Tasks(cfg, image, resources, _job_manifest(image, resources))
+    b.settings = run_settings(cfg)
+    b.versions = {stage: code_version(stage) for stage in dag.STAGE_PARAMS}
+    report_key = _report_key(cfg, methods, image, resources, b.versions)
+    job_kinds = [list(pytorchjob.KIND)] if b.job_manifest else []
+    config_text = yaml.safe_dump(cfg.to_dict(), sort_keys=True)  # start-tracking only: uncached
 
     @dsl.pipeline(
         name=PIPELINE_NAME,
@@ -270,94 +351,90 @@ def build_pipeline(
         checkpoint_url: str = "",
         staging_url: str = "",
     ) -> None:
-        # A new parent run per pipeline run: never cached.
-        tracking = common(
-            start_tracking(config=config_text), "start-tracking", None, resources.cpu_timeout_s
-        )
-        prep_key = key("prepare", None)
-        data = prepare(**inputs("prepare"))
-        common(data, "prepare", prep_key, resources.cpu_timeout_s).after(tracking)
-        evaluations: dict[str, dict[str, dsl.PipelineTask]] = {}
-        trained: dict[str, tuple[dsl.PipelineTask, dsl.PipelineTask, str]] = {}
-        for m in methods:
-            # the number of processes changes BN statistics and augmentation streams
-            pre_key = key("pretrain", m, prep_key, f"processes={resources.nodes * resources.gpus}")
-            name = f"pretrain-{m}-seed{seed}"
-            if job_manifest is None:
-                pre = named(pretrain, name)(
-                    **inputs("pretrain", m),
-                    dataset=data.outputs["dataset"],
-                    checkpoint_url=checkpoint_url,
-                )
-                common(pre, name, pre_key, resources.pretrain_timeout_s)
-                on_gpu(pre, gpu_node_selector, gpu_tolerations, resources.gpus)
-            else:  # several GPUs or nodes: this task launches and awaits a PyTorchJob
-                pre = named(pretrain_job, name)(
-                    **inputs("pretrain", m),
-                    dataset=data.outputs["dataset"],
-                    job_manifest=job_manifest,  # its process count is part of the fingerprint
-                    staging_url=staging_url,
-                    node_selector=gpu_node_selector,
-                    tolerations=gpu_tolerations,
-                )
-                common(pre, name, pre_key, resources.pretrain_timeout_s)
-            pre.set_retry(resources.pretrain_retries, backoff_duration="60s", backoff_factor=2)
-            probe_key = key("probe", m, prep_key, pre_key)
-            name = f"probe-{m}-seed{seed}"
-            lin = named(probe, name)(
-                **inputs("probe", m),
-                dataset=data.outputs["dataset"],
-                model=pre.outputs["model"],
+        where = Placement(gpu_node_selector, gpu_tolerations, checkpoint_url, staging_url)
+        # Runs whatever becomes of the study; it may depend on no task (KFP's rule for exit
+        # tasks), so it finds the MLflow parent by the pipeline run's name, as the tasks do.
+        finish = finish_run(job_kinds=job_kinds)
+        b.common(finish, "finish-run", None, resources.cpu_timeout_s)
+        with dsl.ExitHandler(finish, name="study"):
+            # A new parent run per pipeline run: never cached.
+            tracking = start_tracking(config=config_text)
+            b.common(tracking, "start-tracking", None, resources.cpu_timeout_s)
+            data = prepare(**b.inputs("prepare"))
+            prep_key = dag.cache_key("prepare", None, cfg.to_dict(), _code(b.versions, "prepare"),
+                                     image, [])  # fmt: skip
+            b.common(data, "prepare", prep_key, resources.cpu_timeout_s).after(tracking)
+            with dsl.ParallelFor(seeds, parallelism=resources.seed_parallelism, name="seeds") as k:
+                runs = {m: b.run(m, k, data, where) for m in methods}
+            rep = report(
+                **b.inputs("report"),
+                **{
+                    f"{m}_{part}": dsl.Collected(ev.outputs["evaluation"])
+                    for m in methods
+                    for part, ev in runs[m].evaluations.items()
+                },
             )
-            common(lin, name, probe_key, resources.gpu_timeout_s)
-            on_gpu(lin, gpu_node_selector, gpu_tolerations)
-            trained[m] = (pre, lin, probe_key)
-            evaluations[m] = {}
-            for part, component in EVALUATIONS.items():
-                name = f"evaluate-{part}-{m}-seed{seed}"
-                ev = named(component, name)(
-                    **inputs(f"evaluate_{part}", m),
-                    dataset=data.outputs["dataset"],
-                    model=pre.outputs["model"],
-                    probe_head=lin.outputs["probe_head"],
-                )
-                common(ev, name, key(f"evaluate_{part}", m, probe_key), resources.gpu_timeout_s)
-                on_gpu(ev, gpu_node_selector, gpu_tolerations)
-                evaluations[m][part] = ev
-        eval_keys = [key(f"evaluate_{p}", m, trained[m][2]) for m in methods for p in dag.PARTS]
-        report_key = key("report", None, *eval_keys)
-        rep = report(
-            **inputs("report"),
-            **{
-                f"{m}_{part}": ev.outputs["evaluation"]
-                for m in methods
-                for part, ev in evaluations[m].items()
-            },
-        )
-        common(rep, "report", report_key, resources.cpu_timeout_s)
-        if not cfg.tracking.enabled:
-            return  # registering needs MLflow: without tracking the study ends at the report
-        previous = None
-        for m in methods:
-            pre, lin, _ = trained[m]
-            name = f"register-{m}-seed{seed}"
-            reg = named(register, name)(
-                **inputs("register", m),
-                dataset=data.outputs["dataset"],
-                model=pre.outputs["model"],
-                probe_head=lin.outputs["probe_head"],
-                report=rep.outputs["table"],
-                **{part: ev.outputs["evaluation"] for part, ev in evaluations[m].items()},
-            )
-            # Registration changes the registry (a new version each time): never cached. One
-            # after another, as dvc.yaml orders them: each gate reads the champion the one
-            # before may have just moved, so parallel registrations would race.
-            common(reg, name, None, resources.cpu_timeout_s)
-            if previous is not None:
-                reg.after(previous)
-            previous = reg
+            b.common(rep, "report", report_key, resources.cpu_timeout_s)
+            if cfg.tracking.enabled:  # registering needs MLflow: else the study ends here
+                _register(b, methods, data, runs, rep)
 
     return excon_study
+
+
+def _register(b: _Tasks, methods: Sequence[str], data: Any, runs: dict[str, Run], rep: Any) -> None:
+    """One register task per method over all its seeds, one after another as dvc.yaml's single
+    register stage orders them (methods, then seeds): each gate reads the champion the one
+    before may have just moved, so parallel registrations would race. Never cached: each
+    changes the registry."""
+    previous = None
+    for m in methods:
+        name = f"register-{m}"
+        run = runs[m]
+        reg = named(register, name)(
+            **b.inputs("register", m),
+            dataset=data.outputs["dataset"],
+            model=dsl.Collected(run.pretrain.outputs["model"]),
+            probe_head=dsl.Collected(run.probe.outputs["probe_head"]),
+            report=rep.outputs["table"],
+            **{p: dsl.Collected(ev.outputs["evaluation"]) for p, ev in run.evaluations.items()},
+        )
+        b.common(reg, name, None, b.resources.cpu_timeout_s)
+        if previous is not None:
+            reg.after(previous)
+        previous = reg
+
+
+def _code(versions: dict[str, str], stage: str) -> str:
+    # The components' and pipelines' own source: a component's body is its command (the
+    # backend's fingerprint has it), but a custom cache_key replaces the command in kfp.local's.
+    return f"{versions[stage]}:{dag.code_digest(dag.code_roots()[1:])}"
+
+
+def _report_key(
+    cfg: Config,
+    methods: Sequence[str],
+    image: str,
+    resources: Resources,
+    versions: dict[str, str],
+) -> str:
+    """The report's cache_key: a Merkle chain over every run's stages (method x seed), as
+    dvc.yaml's lock file chains them. The runs' own tasks carry no compiled key (see
+    _Tasks.run), but their keys still decide the report's."""
+    config = cfg.to_dict()
+
+    def key(stage: str, method: str | None, seed: int | None, *upstream: str) -> str:
+        return dag.cache_key(stage, method, config, _code(versions, stage), image, list(upstream),
+                             seed)  # fmt: skip
+
+    prep = key("prepare", None, None)
+    evals = []
+    for m in methods:
+        for k in cfg.study.seeds:
+            # the number of processes changes BN statistics and augmentation streams
+            pre = key("pretrain", m, k, prep, f"processes={resources.nodes * resources.gpus}")
+            lin = key("probe", m, k, prep, pre)
+            evals += [key(f"evaluate_{p}", m, k, lin) for p in dag.PARTS]
+    return key("report", None, None, *evals)
 
 
 def compile_pipeline(

@@ -18,6 +18,7 @@ import yaml
 
 TEMPLATE = Path(__file__).resolve().parents[1] / "infra" / "k8s" / "training" / "pytorchjob.yaml"
 GROUP, VERSION, PLURAL = "kubeflow.org", "v1", "pytorchjobs"
+KIND = (GROUP, VERSION, PLURAL)  # what the exit handler deletes when still running
 NAMESPACE_FILE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
 
 
@@ -163,6 +164,7 @@ def launch(
     summary.json."""
     from excon import stages
     from excon.storage import download_dir, upload_dir
+    from pipelines import lifecycle
 
     if not run_id:
         raise JobError("no pipeline run name ($EXCON_PIPELINE_RUN) to keep runs' inputs apart")
@@ -181,6 +183,8 @@ def launch(
         {"EXCON_STAGE_URL": stage, "EXCON_METHOD": method, "EXCON_PIPELINE_RUN": run_id},
     )
     _set_scheduling(job, node_selector, tolerations)
+    # the exit handler finds (and deletes) the run's jobs still running by this label
+    job["metadata"].setdefault("labels", {})[lifecycle.RUN_LABEL] = lifecycle.run_label(run_id)
     if api is None:
         from kubernetes import client, config
 

@@ -63,6 +63,7 @@ def pretrain(
     (run / "checkpoint.pt").unlink(missing_ok=True)  # the run's scratch, not the model
     if checkpoint_url:
         stages.discard_scratch(url)  # complete: no retry will need it
-    model.metadata.update({"method": method, "resumed": resumed})
+    # the report and register tasks pair a run's artifacts by seed (dsl.Collected has no order)
+    model.metadata.update({"method": method, "seed": seed, "resumed": resumed})
     for key, value in stages.numeric(summary).items():
         metrics.log_metric(key, value)

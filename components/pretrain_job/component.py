@@ -70,6 +70,6 @@ def pretrain_job(
         namespace=namespace,
     )
     (Path(model.path) / "checkpoint.pt").unlink(missing_ok=True)
-    model.metadata.update({"method": method, "pytorchjob": True})
+    model.metadata.update({"method": method, "seed": seed, "pytorchjob": True})
     for key, value in stages.numeric(summary).items():
         metrics.log_metric(key, value)

@@ -49,5 +49,6 @@ def probe(
         run = stages.link_run(Path(tmp) / "run", Path(model.path))
         result = stages.probe(cfg, Path(dataset.path), run, out / "metrics.json")
         shutil.copy2(run / "probe_head.safetensors", out / "probe_head.safetensors")
+    probe_head.metadata.update({"method": method, "seed": seed})  # pairs runs downstream
     for key, value in stages.numeric(result).items():
         metrics.log_metric(key, value)

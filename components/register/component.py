@@ -1,4 +1,4 @@
-"""register: a new model version (@challenger) behind the promotion gate (@champion)."""
+"""register: each seed's model of one method as a version (@challenger) behind the gate."""
 
 from kfp import dsl
 from kfp.dsl import Artifact, Dataset, Input, Markdown, Model, Output
@@ -11,18 +11,19 @@ def register(
     params: str,
     code_version: str,
     method: str,
-    seed: int,
     dataset: Input[Dataset],
-    model: Input[Model],
-    probe_head: Input[Model],
-    calibration: Input[Artifact],
-    robustness: Input[Artifact],
-    explanations: Input[Artifact],
+    model: Input[list[Model]],
+    probe_head: Input[list[Model]],
+    calibration: Input[list[Artifact]],
+    robustness: Input[list[Artifact]],
+    explanations: Input[list[Artifact]],
     report: Input[Markdown],
     decision: Output[Markdown],
 ) -> None:
-    """Register one run and gate it against the registry's current champion. Never cached (it
-    changes the registry), but handed what the cached stages are, so that it reads as they do.
+    """Register every seed's run of one method, seeds ascending (dvc.yaml's order), each gated
+    against the registry's current champion. Never cached (it changes the registry). The lists
+    come from dsl.Collected over the pipeline's seed loop and are paired by the seed in their
+    metadata.
 
     Args:
         params: the stage's slice of the study parameters (JSON, pipelines.dag.stage_params);
@@ -30,36 +31,42 @@ def register(
             storage), the pipeline's $EXCON_RUN_SETTINGS.
         code_version: hash of the excon source the stage runs (pipelines.stage_code).
         method: ce | supcon | excon.
-        seed: the run's training seed (train.seed).
-        dataset: the prepared dataset (its hash is the version's lineage).
-        model: the pretrained run.
-        probe_head: the run's linear probe.
-        calibration: the run's calibration evaluation.
-        robustness: the run's robustness evaluation.
-        explanations: the run's explanation evaluation.
+        dataset: the prepared dataset (its hash is the versions' lineage).
+        model: the method's pretrained runs, one per seed.
+        probe_head: their linear probes.
+        calibration: their calibration evaluations.
+        robustness: their robustness evaluations.
+        explanations: their explanation evaluations.
         report: the comparison; it only orders registration after it (as in dvc.yaml).
-        decision: the version and the gate's decision with its reasons.
+        decision: per seed, the version and the gate's decision with its reasons.
     """
     import json
     import os
     import tempfile
     from pathlib import Path
 
+    from components.runs import pair
     from excon import stages
     from excon.config import loads_config
 
     settings = json.loads(os.environ.get("EXCON_RUN_SETTINGS") or "[]")
-    cfg = loads_config(params, [*settings, f"method.name={method}", f"train.seed={seed}"])
-    evals = {
-        "calibration": Path(calibration.path),
-        "robustness": Path(robustness.path),
-        "explanations": Path(explanations.path),
+    lists = {
+        "model": model,
+        "probe_head": probe_head,
+        "calibration": calibration,
+        "robustness": robustness,
+        "explanations": explanations,
     }
-    with tempfile.TemporaryDirectory() as tmp:
-        sources = [Path(model.path), Path(probe_head.path)]
-        run = stages.link_run(Path(tmp) / "run", *sources, evals=evals, copy=True)
-        result = stages.register(cfg, run, Path(dataset.path), source=model.uri)
-    lines = [f"# {result['name']} version {result['version']}: {result['decision']}", ""]
-    lines += [f"- {reason}" for reason in result["reasons"]]
-    Path(decision.path).write_text("\n".join(lines) + "\n")
-    decision.metadata.update({k: result[k] for k in ("name", "version", "decision")})
+    lines, results = [], []
+    for seed, run in pair(lists, f"register: {method}").items():
+        cfg = loads_config(params, [*settings, f"method.name={method}", f"train.seed={seed}"])
+        evals = {p: Path(run[p].path) for p in ("calibration", "robustness", "explanations")}
+        with tempfile.TemporaryDirectory() as tmp:
+            sources = [Path(run["model"].path), Path(run["probe_head"].path)]
+            linked = stages.link_run(Path(tmp) / "run", *sources, evals=evals, copy=True)
+            result = stages.register(cfg, linked, Path(dataset.path), source=run["model"].uri)
+        title = f"{result['name']} version {result['version']}: {result['decision']}"
+        lines += [f"# seed {seed}: {title}", "", *(f"- {r}" for r in result["reasons"]), ""]
+        results.append({"seed": seed, **{k: result[k] for k in ("name", "version", "decision")}})
+    Path(decision.path).write_text("\n".join(lines))
+    decision.metadata.update({"method": method, "versions": results})

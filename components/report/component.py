@@ -1,4 +1,4 @@
-"""report: the methods side by side (mean ± std over seeds), a table and plots."""
+"""report: the methods side by side over every seed (mean ± std, intervals), a table and plots."""
 
 from kfp import dsl
 from kfp.dsl import HTML, Artifact, Input, Markdown, Output
@@ -13,19 +13,20 @@ def report(
     table: Output[Markdown],
     summary: Output[Artifact],
     plots: Output[HTML],
-    ce_calibration: Input[Artifact] = None,
-    ce_robustness: Input[Artifact] = None,
-    ce_explanations: Input[Artifact] = None,
-    supcon_calibration: Input[Artifact] = None,
-    supcon_robustness: Input[Artifact] = None,
-    supcon_explanations: Input[Artifact] = None,
-    excon_calibration: Input[Artifact] = None,
-    excon_robustness: Input[Artifact] = None,
-    excon_explanations: Input[Artifact] = None,
+    ce_calibration: Input[list[Artifact]] = None,
+    ce_robustness: Input[list[Artifact]] = None,
+    ce_explanations: Input[list[Artifact]] = None,
+    supcon_calibration: Input[list[Artifact]] = None,
+    supcon_robustness: Input[list[Artifact]] = None,
+    supcon_explanations: Input[list[Artifact]] = None,
+    excon_calibration: Input[list[Artifact]] = None,
+    excon_robustness: Input[list[Artifact]] = None,
+    excon_explanations: Input[list[Artifact]] = None,
 ) -> None:
-    """The methods side by side. Inputs are the evaluations of each method the pipeline
-    trained (the others stay unset); a method is reported when all three of its evaluations
-    are given.
+    """The methods side by side. Inputs are, per method the pipeline trained (the others stay
+    unset) and per evaluation part, that part's evaluations of every seed (dsl.Collected over
+    the pipeline's seed loop), paired into runs by the seed in their metadata; a method is
+    reported when all three of its parts are given.
 
     Args:
         params: the stage's slice of the study parameters (JSON, pipelines.dag.stage_params);
@@ -36,7 +37,8 @@ def report(
         table: the comparison table (report.md).
         summary: report.md, report.json and the figures.
         plots: the figures as one HTML page.
-        ce_calibration: ... excon_explanations: each method's three evaluations.
+        ce_calibration: ce's calibration evaluations, one per seed; likewise ce_robustness ...
+            excon_explanations for each method and part.
     """
     import json
     import os
@@ -44,6 +46,7 @@ def report(
     import tempfile
     from pathlib import Path
 
+    from components.runs import pair
     from excon import stages
     from excon.config import loads_config
     from excon.plots import html_gallery
@@ -51,26 +54,29 @@ def report(
     settings = json.loads(os.environ.get("EXCON_RUN_SETTINGS") or "[]")
     cfg = loads_config(params, settings)
     given = {
-        ("ce", "calibration"): ce_calibration,
-        ("ce", "robustness"): ce_robustness,
-        ("ce", "explanations"): ce_explanations,
-        ("supcon", "calibration"): supcon_calibration,
-        ("supcon", "robustness"): supcon_robustness,
-        ("supcon", "explanations"): supcon_explanations,
-        ("excon", "calibration"): excon_calibration,
-        ("excon", "robustness"): excon_robustness,
-        ("excon", "explanations"): excon_explanations,
+        "ce": (ce_calibration, ce_robustness, ce_explanations),
+        "supcon": (supcon_calibration, supcon_robustness, supcon_explanations),
+        "excon": (excon_calibration, excon_robustness, excon_explanations),
     }
-    evaluations: dict[str, dict[str, Path]] = {}
-    for (method, part), artifact in given.items():
-        if artifact is not None:
-            evaluations.setdefault(method, {})[part] = Path(artifact.path)
-    complete = {m: parts for m, parts in evaluations.items() if len(parts) == 3}
+    parts = ("calibration", "robustness", "explanations")
+    complete = {
+        m: dict(zip(parts, lists, strict=True)) for m, lists in given.items() if None not in lists
+    }
     if not complete:
-        raise ValueError(f"report: no method has all three evaluations (got {evaluations})")
+        got = {
+            m: [p for p, a in zip(parts, lists, strict=True) if a is not None]
+            for m, lists in given.items()
+        }
+        raise ValueError(f"report: no method has all three evaluations (got {got})")
     out = Path(summary.path)
     with tempfile.TemporaryDirectory() as tmp:
-        runs = [stages.link_run(Path(tmp) / m, evals=parts) for m, parts in complete.items()]
+        runs = [
+            stages.link_run(
+                Path(tmp) / method / f"seed{seed}", evals={p: Path(a.path) for p, a in run.items()}
+            )
+            for method, lists in complete.items()
+            for seed, run in pair(lists, f"report: {method}").items()
+        ]
         stages.report(cfg, runs, out)
     shutil.copy2(out / "report.md", table.path)
     Path(plots.path).write_text(html_gallery("excon: methods compared", sorted(out.glob("*.png"))))

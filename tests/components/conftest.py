@@ -20,9 +20,7 @@ import mlflow
 import pytest
 from kfp.dsl import HTML, Artifact, Dataset, Metrics, Model
 
-from components.evaluate_calibration.component import evaluate_calibration
-from components.evaluate_explanations.component import evaluate_explanations
-from components.evaluate_robustness.component import evaluate_robustness
+from components.evaluate.component import evaluate
 from components.pretrain.component import pretrain
 from components.probe.component import probe
 from excon.config import Config, load_config
@@ -41,11 +39,6 @@ PRESET = [
 ]
 METHOD = "excon"  # the study's own method: the chain exercises its Grad-CAM training path
 PARTS = ("calibration", "robustness", "explanations")
-EVALUATORS = {
-    "calibration": evaluate_calibration,
-    "robustness": evaluate_robustness,
-    "explanations": evaluate_explanations,
-}
 
 
 def artifact(cls: type, path: Path, name: str | None = None):
@@ -61,7 +54,8 @@ def restore_parent_env(mp: pytest.MonkeyPatch) -> None:
 
 
 def inputs(cfg: Config, stage: str, method: str | None = METHOD) -> dict:
-    """The inputs the pipeline hands a task of `stage` (method and seed: a run's stages only)."""
+    """The inputs the pipeline hands a task of `stage` (method and seed: a run's stages only;
+    register: method only, it covers every seed)."""
     return task_inputs(cfg, stage, method if stage not in ("prepare", "report") else None)
 
 
@@ -188,7 +182,7 @@ def probed(make_config, dataset, pretrained, chain_root) -> tuple[Model, Metrics
 def evaluations(
     make_config, dataset, pretrained, probed, chain_root
 ) -> dict[str, tuple[Artifact, Metrics, HTML]]:
-    """part -> (evaluation, metrics, plots) of the three evaluation components."""
+    """part -> (evaluation, metrics, plots) of the evaluate component's three parts."""
     out = {}
     cfg = make_config()
     for part in PARTS:
@@ -196,8 +190,9 @@ def evaluations(
         metrics = artifact(Metrics, chain_root / f"{part}_metrics", "metrics")
         plots = artifact(HTML, chain_root / f"{part}.html", "plots")
         with parent_env_restored(cfg):
-            EVALUATORS[part].python_func(
+            evaluate.python_func(
                 **inputs(cfg, f"evaluate_{part}"),
+                part=part,
                 dataset=dataset,
                 model=pretrained[0],
                 probe_head=probed[0],

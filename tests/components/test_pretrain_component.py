@@ -20,7 +20,7 @@ def test_writes_the_model_and_logs_its_metrics(pretrained):
     assert "checkpoint.pt" not in files  # the run's scratch, removed from the output
     assert json.loads((run / "model.json").read_text())["method"] == "excon"
     assert (run / "figures" / "saliency_epoch_001.png").is_file()  # ExCon's Grad-CAM grid
-    assert model.metadata == {"method": "excon", "resumed": False}
+    assert model.metadata == {"method": "excon", "seed": 0, "resumed": False}
 
     summary = json.loads((run / "summary.json").read_text())
     assert metrics.metadata == stages.numeric(summary)

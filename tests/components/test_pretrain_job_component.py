@@ -54,5 +54,5 @@ def test_the_fetched_run_becomes_the_model_artifact(
         {"namespace": ""},
     )
     assert not (Path(model.path) / "checkpoint.pt").exists()
-    assert model.metadata == {"method": "supcon", "pytorchjob": True}
+    assert model.metadata == {"method": "supcon", "seed": 0, "pytorchjob": True}
     assert metrics.metadata == {"val/top1": 0.25, "epochs": 3.0}

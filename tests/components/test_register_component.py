@@ -19,9 +19,10 @@ def inputs(task, dataset, pretrained, probed, evaluations, tmp_path) -> dict:
     return {
         **task("register"),
         "dataset": dataset,
-        "model": pretrained[0],
-        "probe_head": probed[0],
-        **{part: evaluation for part, (evaluation, _, _) in evaluations.items()},
+        # dsl.Collected lists over the seed loop: the tests' study has one seed
+        "model": [pretrained[0]],
+        "probe_head": [probed[0]],
+        **{part: [evaluation] for part, (evaluation, _, _) in evaluations.items()},
         "report": Markdown(name="table", uri=str(table), metadata={}),
     }
 
@@ -32,9 +33,12 @@ def test_first_version_is_promoted_then_gated(
     use_settings(make_config(*tracking_on))
     first = output(Markdown, "decision1")
     register.python_func(decision=first, **inputs)
-    assert first.metadata == {"name": "excon-blobs", "version": 1, "decision": "promoted"}
+    assert first.metadata == {
+        "method": "excon",
+        "versions": [{"seed": 0, "name": "excon-blobs", "version": 1, "decision": "promoted"}],
+    }
     assert Path(first.path).read_text() == (
-        "# excon-blobs version 1: promoted\n\n- no champion yet: promoted\n"
+        "# seed 0: excon-blobs version 1: promoted\n\n- no champion yet: promoted\n"
     )
 
     client = mlflow.MlflowClient(tracking_uri=mlflow_store)
@@ -43,7 +47,7 @@ def test_first_version_is_promoted_then_gated(
     top1 = evaluations["calibration"][1].metadata["test/top1"]
     assert float(version.tags["metric.test/top1"]) == top1
     # provenance points at the pipeline's model artifact, not the component's scratch dir
-    assert version.tags["excon.run_dir"] == inputs["model"].uri
+    assert version.tags["excon.run_dir"] == inputs["model"][0].uri
     # the registered files are the pipeline's artifacts
     local = Path(
         mlflow.artifacts.download_artifacts(
@@ -54,16 +58,16 @@ def test_first_version_is_promoted_then_gated(
     )
     model_json = next(local.rglob("model.json"))
     assert json.loads(model_json.read_text()) == json.loads(
-        (Path(inputs["model"].path) / "model.json").read_text()
+        (Path(inputs["model"][0].path) / "model.json").read_text()
     )
-    head = Path(inputs["probe_head"].path) / "probe_head.safetensors"
+    head = Path(inputs["probe_head"][0].path) / "probe_head.safetensors"
     assert (model_json.parent / "probe_head.safetensors").read_bytes() == head.read_bytes()
 
     # the same model again (a retried task): version 1 is returned, nothing new is registered
     second = output(Markdown, "decision2")
     register.python_func(decision=second, **inputs)
     lines = Path(second.path).read_text().splitlines()
-    assert lines[0] == "# excon-blobs version 1: already registered as version 1"
+    assert lines[0] == "# seed 0: excon-blobs version 1: already registered as version 1"
     assert len(client.search_model_versions("name = 'excon-blobs'")) == 1
     assert int(client.get_model_version_by_alias("excon-blobs", "champion").version) == 1
 

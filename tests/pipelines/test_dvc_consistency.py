@@ -1,5 +1,7 @@
 """dvc.yaml (the local DAG) and the KFP pipeline (the cluster DAG) are the same study: the same
-stages per method, the same edges between them and the same parameters per stage."""
+stages per method and seed, the same edges between them and the same parameters per stage. The
+KFP side is read flattened (its seed loop unrolled per item, its exit handler inlined:
+conftest.py flat_tasks), as a backend runs it."""
 
 import re
 from pathlib import Path
@@ -8,11 +10,12 @@ import pytest
 
 from excon.config import load_config
 from pipelines import dag
+from tests.pipelines.conftest import flat_tasks
 
 ROOT = Path(__file__).resolve().parents[2]
 # The MLflow parent run: `make run` creates it outside dvc.yaml (python -m excon.tracking
-# start-parent); the pipeline has it as its first task.
-PIPELINE_ONLY = {"start-tracking"}
+# start-parent); the pipeline has it as its first task and ends it in its exit handler.
+PIPELINE_ONLY = {"start-tracking", "finish-run"}
 
 
 METHODS = "|".join(dag.METHODS)
@@ -20,7 +23,9 @@ METHODS = "|".join(dag.METHODS)
 
 def kfp_node(task: str) -> str:
     """pretrain-excon-seed0 -> pretrain@excon-0, evaluate-robustness-ce-seed1 ->
-    evaluate_robustness@ce-1; the chain of register-<m>-seed<k> is dvc.yaml's one register."""
+    evaluate_robustness@ce-1; the chain of register-<m> is dvc.yaml's one register."""
+    if re.fullmatch(rf"register-({METHODS})", task):
+        return "register"
     m = re.fullmatch(rf"(.+)-({METHODS})-seed(\d+)", task)
     if m is None:
         return task.replace("-", "_")
@@ -45,11 +50,10 @@ def closure(edges: set[tuple[str, str]]) -> set[tuple[str, str]]:
         reach |= more
 
 
-@pytest.fixture(scope="module")
-def dvc_stages():
+def read_dvc_stages(root: Path) -> dict:
     from dvc.repo import Repo
 
-    with Repo(str(ROOT)) as repo:
+    with Repo(str(root)) as repo:
         stages = {}
         for stage in repo.index.stages:
             deps = [str(d.def_path) for d in stage.deps if not hasattr(d, "params")]
@@ -57,6 +61,33 @@ def dvc_stages():
             outs = [str(o.def_path) for o in stage.outs]
             stages[stage.name] = {"deps": deps, "outs": outs, "params": params}
     return stages
+
+
+@pytest.fixture(scope="module")
+def dvc_stages():
+    return read_dvc_stages(ROOT)
+
+
+@pytest.fixture(scope="module")
+def three_seeds(tmp_path_factory) -> tuple[dict, dict]:
+    """(dvc stages, KFP flat tasks) of the study with study.seeds=[0, 1, 2]: dvc.yaml and the
+    params in a scratch DVC repository, the pipeline compiled with the same override."""
+    import subprocess
+    import sys
+
+    import yaml
+
+    from tests.pipelines.conftest import compile_docs
+
+    root = tmp_path_factory.mktemp("seeds")
+    dvc = Path(sys.executable).parent / "dvc"
+    subprocess.run([str(dvc), "init", "--no-scm", "-q"], cwd=root, check=True)
+    (root / "dvc.yaml").write_text((ROOT / "dvc.yaml").read_text())
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["study"]["seeds"] = [0, 1, 2]
+    (root / "params.yaml").write_text(yaml.safe_dump(params))
+    spec, _ = compile_docs(root, "--set", "study.seeds=[0, 1, 2]")
+    return read_dvc_stages(root), spec
 
 
 def dvc_edges(stages: dict) -> set[tuple[str, str]]:
@@ -75,16 +106,16 @@ def dvc_edges(stages: dict) -> set[tuple[str, str]]:
 
 def kfp_edges(spec: dict) -> set[tuple[str, str]]:
     edges = set()
-    for name, task in spec["root"]["dag"]["tasks"].items():
+    for name, task in flat_tasks(spec).items():
         for upstream in task.get("dependentTasks", []):
-            if upstream not in PIPELINE_ONLY:
+            if not {upstream, name} & PIPELINE_ONLY:
                 edges.add((kfp_node(upstream), kfp_node(name)))
     return closure(edges)
 
 
 def test_same_stages(dvc_stages, compiled):
     spec, _ = compiled
-    kfp = {kfp_node(t) for t in spec["root"]["dag"]["tasks"] if t not in PIPELINE_ONLY}
+    kfp = {kfp_node(t) for t in flat_tasks(spec) if t not in PIPELINE_ONLY}
     assert kfp == {dvc_node(s) for s in dvc_stages}
 
 
@@ -93,7 +124,17 @@ def test_the_seed_axis_is_in_both(dvc_stages, compiled):
     seeds = load_config(ROOT / "params.yaml").study.seeds
     runs = {f"probe@{m}-{k}" for m in dag.METHODS for k in seeds}
     assert runs <= {dvc_node(s) for s in dvc_stages}
-    assert runs <= {kfp_node(t) for t in compiled[0]["root"]["dag"]["tasks"]}
+    assert runs <= {kfp_node(t) for t in flat_tasks(compiled[0])}
+
+
+def test_three_seeds_are_the_same_study_in_both(three_seeds):
+    """With several seeds (configs/ use [0, 1, 2]) both DAGs run every method x seed, one report
+    over all runs and one ordered register: same stages, same edges."""
+    stages, spec = three_seeds
+    kfp = {kfp_node(t) for t in flat_tasks(spec) if t not in PIPELINE_ONLY}
+    assert kfp == {dvc_node(s) for s in stages}
+    assert {f"pretrain@{m}-{k}" for m in dag.METHODS for k in (0, 1, 2)} <= kfp
+    assert kfp_edges(spec) == dvc_edges(stages)
 
 
 def test_same_edges(dvc_stages, compiled):

@@ -1,4 +1,6 @@
-"""The compiled pipeline: tasks per method, GPU scheduling, secrets, /dev/shm, retries, pod
+"""The compiled pipeline: tasks per method and seed (a ParallelFor over study.seeds, read here
+flattened as a backend runs it: tests/pipelines/conftest.py flat_tasks), the exit handler, GPU
+scheduling, secrets, /dev/shm, retries, pod
 security and deadlines, each task's inputs and cache keys, checked in both documents of the
 package (PipelineSpec and the Kubernetes PlatformSpec). What the KFP backend's own fingerprint
 makes of the inputs: test_kfp_fingerprint.py."""
@@ -10,6 +12,7 @@ import pytest
 
 from excon.config import load_config
 from pipelines.excon_pipeline import build_pipeline
+from tests.pipelines.conftest import flat_tasks
 
 METHODS = ("ce", "supcon", "excon")
 GPU_STAGES = (
@@ -22,7 +25,7 @@ GPU_STAGES = (
 
 
 def tasks(spec: dict) -> dict:
-    return spec["root"]["dag"]["tasks"]
+    return flat_tasks(spec)
 
 
 def executor(spec: dict, task: str) -> dict:
@@ -37,11 +40,12 @@ def k8s(platform: dict, spec: dict, task: str) -> dict:
 
 def test_one_named_task_per_stage_and_method(compiled):
     spec, _ = compiled
-    expected = {"start-tracking", "prepare", "report"} | {
-        f"{stage}-{m}-seed0" for m in METHODS for stage in (*GPU_STAGES, "register")
+    expected = {"start-tracking", "prepare", "report", "finish-run"} | {
+        f"{stage}-{m}-seed0" for m in METHODS for stage in GPU_STAGES
     }
+    expected |= {f"register-{m}" for m in METHODS}  # each registers every seed of its method
     assert set(tasks(spec)) == expected
-    assert tasks(spec)["pretrain-excon-seed0"]["taskInfo"]["name"] == "pretrain-excon-seed0"
+    assert tasks(spec)["pretrain-excon-seed0"]["taskInfo"]["name"] == "pretrain-excon"
 
 
 def test_gpu_tasks_request_a_gpu_on_gpu_nodes(compiled):
@@ -56,11 +60,12 @@ def test_gpu_tasks_request_a_gpu_on_gpu_nodes(compiled):
             assert res["accelerator"]["resourceCount"] == "1", task
             assert res["resourceCpuRequest"] and res["resourceMemoryLimit"], task
             conf = k8s(platform, spec, task)
+            # inside the seed loop: the run-time parameters as the loop hands them on
             assert conf["nodeSelector"]["nodeSelectorJson"] == {
-                "componentInputParameter": "gpu_node_selector"
+                "componentInputParameter": "pipelinechannel--gpu_node_selector"
             }
             assert conf["tolerations"] == [
-                {"tolerationJson": {"componentInputParameter": "gpu_tolerations"}}
+                {"tolerationJson": {"componentInputParameter": "pipelinechannel--gpu_tolerations"}}
             ]
             assert conf["emptyDirMounts"] == [
                 {"mountPath": "/tmp", "volumeName": "scratch"},
@@ -72,7 +77,7 @@ def test_gpu_tasks_request_a_gpu_on_gpu_nodes(compiled):
                 },
             ]
     # CPU-only stages ask for no accelerator and mount no shm
-    for task in ("prepare", "report", "register-ce-seed0", "start-tracking"):
+    for task in ("prepare", "report", "register-ce", "start-tracking", "finish-run"):
         assert "accelerator" not in executor(spec, task).get("resources", {}), task
         mounts = k8s(platform, spec, task)["emptyDirMounts"]
         assert mounts == [{"mountPath": "/tmp", "volumeName": "scratch"}], task
@@ -108,14 +113,18 @@ def test_retries_on_pretrain_only(compiled):
 
 
 def test_caching_with_keys_except_for_side_effects(compiled):
+    """The seed loop's tasks are cached by the backend's fingerprint only: a compiled key is one
+    constant for every iteration, and a backend honouring it would hand seed 1 seed 0's run."""
     spec, _ = compiled
     for name, task in tasks(spec).items():
         caching = task.get("cachingOptions", {})
-        if name.startswith(("register-", "start-tracking")):
+        if name.startswith(("register-", "start-tracking", "finish-run")):
             assert not caching.get("enableCache"), name  # they change MLflow: never skipped
-        else:
+        elif name in ("prepare", "report"):
             assert caching["enableCache"] is True, name
-            assert caching["cacheKey"].startswith(name.split("-")[0]), name
+            assert caching["cacheKey"].startswith(name), name
+        else:
+            assert caching == {"enableCache": True}, name
 
 
 def keys(spec: dict) -> dict[str, str]:
@@ -128,22 +137,11 @@ def keys(spec: dict) -> dict[str, str]:
 
 def test_cache_keys_change_exactly_where_results_can(compile_docs, compiled):
     base = keys(compile_docs("--image", "registry.test/excon:1")[0])
-    assert base == keys(compiled[0])  # deterministic
+    assert base == keys(compiled[0]) and set(base) == {"prepare", "report"}  # deterministic
     tau = keys(compile_docs("--image", "registry.test/excon:1", "--set", "method.tau=0.6")[0])
-    changed = {n for n in base if base[n] != tau[n]}
-    assert changed == {
-        "pretrain-excon-seed0",
-        "probe-excon-seed0",
-        "evaluate-calibration-excon-seed0",
-        "evaluate-robustness-excon-seed0",
-        "evaluate-explanations-excon-seed0",
-        "report",
-    }
-    pgd = keys(compile_docs("--image", "registry.test/excon:1", "--set", "eval.pgd_steps=3")[0])
-    assert {n for n in base if base[n] != pgd[n]} == {
-        *(f"evaluate-robustness-{m}-seed0" for m in METHODS),
-        "report",
-    }
+    assert {n for n in base if base[n] != tau[n]} == {"report"}  # it chains every run's key
+    seeds = keys(compile_docs("--image", "registry.test/excon:1", "--set", "study.seeds=[0, 1]")[0])
+    assert {n for n in base if base[n] != seeds[n]} == {"report"}
     image = keys(compile_docs("--image", "registry.test/excon:2")[0])
     assert all(base[n] != image[n] for n in base)  # a new image never reuses old results
 
@@ -192,15 +190,17 @@ def test_several_gpus_run_pretrain_as_a_pytorchjob(compile_docs, compiled):
     job = json.loads(params["job_manifest"]["runtimeValue"]["constant"])
     assert job["kind"] == "PyTorchJob" and job["spec"]["nprocPerNode"] == "4"
     assert job["spec"]["pytorchReplicaSpecs"]["Worker"]["replicas"] == 1
-    assert params["staging_url"] == {"componentInputParameter": "staging_url"}
+    assert params["staging_url"] == {"componentInputParameter": "staging_url"}  # flattened
     assert params["node_selector"] == {"componentInputParameter": "gpu_node_selector"}
     # the launcher needs no GPU; the job's pods do, and probe/evaluations keep one each
     assert "accelerator" not in executor(spec, "pretrain-excon-seed0")["resources"]
     assert executor(spec, "probe-excon-seed0")["resources"]["accelerator"]["resourceCount"] == "1"
     assert task["retryPolicy"]["maxRetryCount"] == 2
     # eight processes are another experiment than one: no cache hit across them
-    one = tasks(compiled[0])["pretrain-excon-seed0"]["cachingOptions"]["cacheKey"]
-    assert task["cachingOptions"]["cacheKey"] != one
+    assert params["job_manifest"] != tasks(compiled[0])["pretrain-excon-seed0"]["inputs"][
+        "parameters"
+    ].get("job_manifest")
+    assert keys(spec)["report"] != keys(compiled[0])["report"]
 
 
 def test_submit_with_several_gpus_needs_a_staging_url(capsys):
@@ -227,11 +227,39 @@ def test_no_task_takes_a_per_run_input(compiled):
 def test_registrations_run_one_after_another(compiled):
     spec, _ = compiled
     deps = {n: set(t.get("dependentTasks", [])) for n, t in tasks(spec).items()}
-    assert (
-        "register-ce-seed0" in deps["register-supcon-seed0"]
-        and "register-supcon-seed0" in deps["register-excon-seed0"]
-    )
-    assert not deps["register-ce-seed0"] & {"register-supcon-seed0", "register-excon-seed0"}
+    assert "register-ce" in deps["register-supcon"] and "register-supcon" in deps["register-excon"]
+    assert not deps["register-ce"] & {"register-supcon", "register-excon"}
+
+
+def test_every_seed_is_an_iteration_gathered_by_one_report(compile_docs):
+    """study.seeds is a ParallelFor; the report and each method's register take every seed's
+    artifacts (dsl.Collected), as dvc.yaml's one report and one register stage do."""
+    spec, _ = compile_docs("--set", "study.seeds=[0, 1, 2]")
+    flat = tasks(spec)
+    runs = {n for n in flat if n.startswith("probe-")}
+    assert runs == {f"probe-{m}-seed{k}" for m in METHODS for k in (0, 1, 2)}
+    assert constants(spec, "probe-supcon-seed2")["seed"] == 2
+    gathered = flat["report"]["inputs"]["artifacts"]["excon_robustness"]["taskOutputArtifacts"]
+    assert [a["producerTask"] for a in gathered] == [
+        f"evaluate-robustness-excon-seed{k}" for k in (0, 1, 2)
+    ]
+    models = flat["register-ce"]["inputs"]["artifacts"]["model"]["taskOutputArtifacts"]
+    assert [a["producerTask"] for a in models] == [f"pretrain-ce-seed{k}" for k in (0, 1, 2)]
+    assert "seed" not in constants(spec, "register-ce")  # it registers every seed of ce
+
+
+def test_an_exit_handler_ends_the_run_whatever_happened(compiled):
+    spec, platform = compiled
+    root = spec["root"]["dag"]["tasks"]
+    assert set(root) == {"exit-handler-1", "finish-run"}  # every other task is inside
+    finish = root["finish-run"]
+    assert finish["triggerPolicy"] == {"strategy": "ALL_UPSTREAM_TASKS_COMPLETED"}
+    status = finish["inputs"]["parameters"]["status"]
+    assert status == {"taskFinalStatus": {"producerTask": "exit-handler-1"}}
+    assert not finish.get("cachingOptions", {}).get("enableCache")
+    # one GPU per pretrain task: no training job to delete
+    assert constants(spec, "finish-run")["job_kinds"] == []
+    assert k8s(platform, spec, "finish-run")["secretAsEnv"]  # it reaches MLflow
 
 
 def test_tracking_off_ends_the_study_at_the_report(compile_docs):
@@ -287,6 +315,9 @@ def test_each_task_gets_its_slice_code_version_method_and_seed(compile_docs):
         if name == "start-tracking":  # uncached: the whole study, for the parent run's name
             assert set(constants(spec, name)) == {"config"}
             continue
+        if name == "finish-run":  # the exit handler: the run's status and its job kinds
+            assert set(constants(spec, name)) == {"job_kinds"}
+            continue
         stage, _, run = name.partition("-seed")[0].rpartition("-")
         stage, method = (stage, run) if run in METHODS else (name, None)
         stage = stage.replace("-", "_")
@@ -305,8 +336,12 @@ def test_each_task_gets_its_slice_code_version_method_and_seed(compile_docs):
         assert given["code_version"] == stage_code.code_version(stage), name
         if method is None:
             assert "seed" not in given and "method" not in given, name
+        elif stage == "register":  # one task registers every seed of its method
+            assert given["method"] == method and "seed" not in given, name
         else:
             assert (given["method"], given["seed"]) == (method, 0), name
+        if stage.startswith("evaluate_"):
+            assert given["part"] == stage.removeprefix("evaluate_"), name
 
 
 def test_pods_run_as_the_image_user_with_deadlines(compiled):

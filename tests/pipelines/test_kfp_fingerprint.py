@@ -18,6 +18,10 @@ the executor (kubeflow/pipelines, tag 2.17.0):
   ones. So here an artifact's id is its producer's fingerprint and output key: equal exactly
   when the producer was a cache hit.
 - an output artifact's `Name` is its output key (driver/driver.go `provisionOutputs`).
+The seed loop (dsl.ParallelFor) and the exit handler are sub-DAGs; the driver fingerprints each
+container task of each iteration, with the iteration's item among its input parameter values, so
+the tasks are read here flattened (conftest.py flat_tasks). A dsl.Collected input is a list of
+every iteration's artifact ids.
 Not hashed: the container's env (where $EXCON_RUN_SETTINGS is), the Kubernetes platform config,
 the task's name. No task here mounts a PVC.
 """
@@ -31,6 +35,7 @@ import pytest
 
 from pipelines import dag, excon_pipeline, stage_code
 from pipelines.excon_pipeline import RUN_SETTINGS, RUN_SETTINGS_ENV, TASK_INPUT_KEYS
+from tests.pipelines.conftest import flat_tasks
 
 ROOT = Path(__file__).resolve().parents[2]
 IMAGE = ("--image", "registry.test/excon:1")
@@ -58,7 +63,7 @@ def _order(tasks: dict) -> list[str]:
 
 def fingerprints(spec: dict) -> dict[str, str]:
     """task -> the 2.17 driver's fingerprint, for every task with caching on."""
-    tasks = spec["root"]["dag"]["tasks"]
+    tasks = flat_tasks(spec)
     found: dict[str, str] = {}
     for name in _order(tasks):
         task = tasks[name]
@@ -74,10 +79,10 @@ def fingerprints(spec: dict) -> dict[str, str]:
                 params[k] = v["defaultValue"]
         artifacts = {}
         for k, v in given.get("artifacts", {}).items():
-            producer = v["taskOutputArtifact"]["producerTask"]
+            refs = v.get("taskOutputArtifacts") or [v["taskOutputArtifact"]]
             # an uncached producer makes new artifacts every run: no cache hit could follow
-            assert producer in found, f"{name} reads {k} from uncached {producer}"
-            artifacts[k] = [f"{found[producer]}/{v['taskOutputArtifact']['outputArtifactKey']}"]
+            assert all(r["producerTask"] in found for r in refs), f"{name} reads uncached {k}"
+            artifacts[k] = [f"{found[r['producerTask']]}/{r['outputArtifactKey']}" for r in refs]
         outputs = component.get("outputDefinitions", {})
         key = {
             "inputArtifactNames": artifacts,
@@ -114,7 +119,7 @@ def test_recompiling_changes_no_fingerprint(compile_docs, base):
     assert again == base
     cached = {f"{s}-{m}-seed0" for m in METHODS for s in ("pretrain", "probe")}
     assert {"prepare", "report"} | cached <= base.keys()
-    assert not {n for n in base if n.startswith(("register-", "start-tracking"))}
+    assert not {n for n in base if n.startswith(("register-", "start-tracking", "finish-run"))}
 
 
 def test_tau_reruns_excon_and_what_follows_it_only(compile_docs, base):
@@ -137,7 +142,7 @@ def test_run_settings_rerun_nothing(compile_docs, base):
         *("--set", "tracking.experiment=other", "--set", "train.compile=true"),
     )
     assert fingerprints(spec) == base
-    env = spec["deploymentSpec"]["executors"]["exec-pretrain-excon-seed0"]["container"]["env"]
+    env = spec["deploymentSpec"]["executors"]["exec-pretrain-excon"]["container"]["env"]
     (settings,) = [e["value"] for e in env if e["name"] == RUN_SETTINGS_ENV]
     assert {'train.device="cpu"', "data.num_workers=4"} <= set(json.loads(settings))
 
@@ -147,11 +152,20 @@ def test_a_new_image_reruns_everything(compile_docs, base):
     assert changed(base, image) == set(base)
 
 
-def test_seeds_never_share_a_fingerprint(compile_docs, base):
+def test_seeds_never_share_a_fingerprint_and_a_new_seed_reruns_only_itself(compile_docs, base):
+    two = fingerprints(compile_docs(*IMAGE, "--set", "study.seeds=[0, 1]")[0])
+    seed1 = {n.replace("-seed1", "-seed0"): fp for n, fp in two.items() if "-seed1" in n}
+    # the seed is an input of every run stage
+    assert {n for n in seed1 if seed1[n] == base[n]} == set()
+    # adding seed 1 to the study reruns seed 1 and the report, and serves seed 0 from cache
+    assert {n: fp for n, fp in two.items() if "-seed1" not in n and n != "report"} == {
+        n: fp for n, fp in base.items() if n != "report"
+    }
+    assert two["report"] != base["report"]
     one = fingerprints(compile_docs(*IMAGE, "--seed", "1", "--set", "study.seeds=[0, 1]")[0])
-    seed1 = {n.replace("-seed1", "-seed0"): fp for n, fp in one.items()}
-    # the seed is an input of every run stage; prepare reads no seed of the study
-    assert changed(base, seed1) == set(base) - {"prepare"}
+    assert {n: fp for n, fp in one.items() if "-seed1" in n} == {
+        n: fp for n, fp in two.items() if "-seed1" in n
+    }
 
 
 def test_an_evaluation_code_change_reruns_the_evaluations_not_pretrain(

@@ -17,6 +17,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -229,3 +230,52 @@ def bucket(s3_server) -> str:
 def start_weed():
     """weed_mini, for tests that need a server with identities of their own."""
     return weed_mini
+
+
+@pytest.fixture
+def mlflow_server(s3_env, bucket, tmp_path):
+    """A real MLflow server on loopback (SQLite backend, artifacts proxied to the SeaweedFS
+    bucket): yields (url, bucket, s3_env)."""
+    port = __import__("socket").socket()
+    port.bind(("127.0.0.1", 0))
+    number = port.getsockname()[1]
+    port.close()
+    env = {**os.environ, "MLFLOW_S3_ENDPOINT_URL": s3_env.endpoint}
+    cmd = [
+        sys.executable,
+        "-m",
+        "mlflow",
+        "server",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(number),
+        "--backend-store-uri",
+        f"sqlite:///{tmp_path}/server.db",
+        "--artifacts-destination",
+        f"s3://{bucket}/mlflow",
+        "--workers",
+        "1",
+    ]
+    with open(tmp_path / "server.log", "wb") as log:  # the child keeps its own descriptor
+        proc = subprocess.Popen(
+            cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    url = f"http://127.0.0.1:{number}"
+    deadline = time.monotonic() + 90
+    while True:
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=2) as r:
+                if r.status == 200:
+                    break
+        except OSError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail(
+                f"mlflow server did not start:\n{(tmp_path / 'server.log').read_text()[-3000:]}"
+            )
+        time.sleep(0.5)
+    yield url, bucket, s3_env
+    os.killpg(proc.pid, 15)
+    proc.wait(timeout=20)

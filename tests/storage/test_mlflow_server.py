@@ -1,15 +1,8 @@
 """A real MLflow server (SQLite backend, artifacts proxied to S3 on the SeaweedFS fixture):
 registering a model puts its files in the bucket, and it loads back through the registry."""
 
-import os
-import subprocess
-import sys
-import time
-import urllib.request
-
 import mlflow
 import numpy as np
-import pytest
 import torch
 
 from excon.artifacts import model_meta, save_model
@@ -40,53 +33,6 @@ def tiny_run(run_dir):
     gate = {"test/top1": 0.5, "calib/ece": 0.1, "adv/pgd/eps4/acc": 0.3, "expl/avg_drop": 0.4}
     write_eval_parts(run_dir, {"method": "supcon", **gate})
     return run_dir
-
-
-@pytest.fixture
-def mlflow_server(s3_env, bucket, tmp_path):
-    port = __import__("socket").socket()
-    port.bind(("127.0.0.1", 0))
-    number = port.getsockname()[1]
-    port.close()
-    env = {**os.environ, "MLFLOW_S3_ENDPOINT_URL": s3_env.endpoint}
-    cmd = [
-        sys.executable,
-        "-m",
-        "mlflow",
-        "server",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(number),
-        "--backend-store-uri",
-        f"sqlite:///{tmp_path}/server.db",
-        "--artifacts-destination",
-        f"s3://{bucket}/mlflow",
-        "--workers",
-        "1",
-    ]
-    with open(tmp_path / "server.log", "wb") as log:  # the child keeps its own descriptor
-        proc = subprocess.Popen(
-            cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-        )
-    url = f"http://127.0.0.1:{number}"
-    deadline = time.monotonic() + 90
-    while True:
-        try:
-            with urllib.request.urlopen(f"{url}/health", timeout=2) as r:
-                if r.status == 200:
-                    break
-        except OSError:
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            pytest.fail(
-                f"mlflow server did not start:\n{(tmp_path / 'server.log').read_text()[-3000:]}"
-            )
-        time.sleep(0.5)
-    yield url, bucket, s3_env
-    os.killpg(proc.pid, 15)
-    proc.wait(timeout=20)
 
 
 def test_registered_model_lands_in_the_bucket_and_loads_back(mlflow_server, tmp_path, monkeypatch):

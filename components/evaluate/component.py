@@ -1,4 +1,9 @@
-"""evaluate_robustness: accuracy and calibration under FGSM and PGD attacks."""
+"""evaluate: one part of a run's evaluation (calibration | robustness | explanations).
+
+One component for the three parts: the pipeline names a task per part (`evaluate-<part>-<method>`)
+and hands each its own part's parameter slice and code version, so a part's cache fingerprint
+changes only with what that part computes.
+"""
 
 from kfp import dsl
 from kfp.dsl import HTML, Artifact, Dataset, Input, Metrics, Model, Output
@@ -7,9 +12,10 @@ from components import DEFAULT_IMAGE
 
 
 @dsl.component(base_image=DEFAULT_IMAGE, install_kfp_package=False)
-def evaluate_robustness(
+def evaluate(
     params: str,
     code_version: str,
+    part: str,
     method: str,
     seed: int,
     dataset: Input[Dataset],
@@ -19,14 +25,16 @@ def evaluate_robustness(
     metrics: Output[Metrics],
     plots: Output[HTML],
 ) -> None:
-    """Evaluate one run's encoder and probe: robustness.
+    """Evaluate one run's encoder and probe on one part.
 
     Args:
-        params: the stage's slice of the study parameters (JSON, pipelines.dag.stage_params);
-            every other key takes its default or, for how the task runs (device, tracking,
-            storage), the pipeline's $EXCON_RUN_SETTINGS.
-        code_version: hash of the excon source the stage runs (pipelines.stage_code); not read
+        params: the part's slice of the study parameters (JSON, pipelines.dag.stage_params of
+            evaluate_<part>); every other key takes its default or, for how the task runs
+            (device, tracking, storage), the pipeline's $EXCON_RUN_SETTINGS.
+        code_version: hash of the excon source the part runs (pipelines.stage_code); not read
             here: an input so that KFP's cache fingerprint changes with the image's code.
+        part: calibration (accuracy, calibration clean and under shift), robustness (FGSM and
+            PGD) or explanations (Grad-CAM drop, increase, deletion/insertion, pointing).
         method: ce | supcon | excon.
         seed: the run's training seed (train.seed).
         dataset: the prepared dataset.
@@ -48,8 +56,10 @@ def evaluate_robustness(
     cfg = loads_config(params, [*settings, f"method.name={method}", f"train.seed={seed}"])
     out = Path(evaluation.path)
     sources = [Path(model.path), Path(probe_head.path)]
-    result = stages.evaluate_part(cfg, Path(dataset.path), sources, "robustness", out)
+    result = stages.evaluate_part(cfg, Path(dataset.path), sources, part, out)
+    # the report and register tasks pair a run's artifacts by it (dsl.Collected has no order)
+    evaluation.metadata.update({"method": method, "seed": seed, "part": part})
     for key, value in stages.numeric(result).items():
         metrics.log_metric(key, value)
     pngs = sorted(out.glob("*.png"))
-    Path(plots.path).write_text(html_gallery(f"{method}: robustness", pngs))
+    Path(plots.path).write_text(html_gallery(f"{method}: {part}", pngs))
