@@ -1,4 +1,4 @@
-"""Calibration metrics: ECE (reference binning), NLL, Brier, and the reliability diagram."""
+"""Calibration metrics: ECE (the authors' netcal binning), NLL, Brier, the reliability diagram."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import matplotlib
 
 matplotlib.use("Agg")  # no display on servers, CI or pods
 import matplotlib.pyplot as plt
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -24,9 +25,11 @@ def _float(t: torch.Tensor) -> torch.Tensor:
 def reliability_bins(probs: torch.Tensor, labels: torch.Tensor, n_bins: int = 10) -> Bins:
     """Per-bin statistics of the top-1 confidence over `n_bins` equal-width bins on [0, 1].
 
-    Bin i holds confidences in (i/n, (i+1)/n]; the first bin also holds 0 (the reference's
-    `gt(lower) * le(upper)` test). Returns `lower`, `upper`, `confidence` and `accuracy` (means
-    per bin, 0 for an empty bin) and `count` (int64), all [n_bins] on the input's device.
+    Bin i holds confidences in [i/n, (i+1)/n); the last bin also holds 1. These are the bins of
+    netcal's ECE, which the authors' main_linear.py calls (scipy's binned_statistic_dd on
+    np.linspace edges, compared in float64). Returns `lower`, `upper`, `confidence` and
+    `accuracy` (means per bin, 0 for an empty bin) and `count` (int64), all [n_bins] on the
+    input's device.
     """
     if probs.ndim != 2 or labels.shape != probs.shape[:1]:
         raise ValueError(f"probs must be [N, C] and labels [N], got {probs.shape}, {labels.shape}")
@@ -35,22 +38,28 @@ def reliability_bins(probs: torch.Tensor, labels: torch.Tensor, n_bins: int = 10
     probs = _float(probs.detach())
     confidence, predicted = probs.max(dim=1)
     correct = (predicted == labels).to(probs.dtype)
-    edges = torch.linspace(0, 1, n_bins + 1, dtype=probs.dtype, device=probs.device)
-    # right=False: inner[i-1] < c <= inner[i], i.e. upper-inclusive bins; 0 falls in bin 0 and
-    # anything above the last inner edge (including 1) in the last bin.
-    index = torch.bucketize(confidence, edges[1:-1], right=False)
+    edges = bin_edges(n_bins).to(probs.device)
+    # right=True: inner[i-1] <= c < inner[i], lower-inclusive as netcal; 1 falls in the last bin.
+    # In float64 on netcal's edges: float32 0.7 is below float64 0.7, and netcal bins it so.
+    index = torch.bucketize(confidence.double(), edges[1:-1], right=True)
     count = torch.zeros(n_bins, dtype=probs.dtype, device=probs.device)
     count.index_add_(0, index, torch.ones_like(confidence))
     conf_sum = torch.zeros_like(count).index_add_(0, index, confidence)
     acc_sum = torch.zeros_like(count).index_add_(0, index, correct)
     safe = count.clamp_min(1)  # empty bins: sum 0 / 1 = 0
     return {
-        "lower": edges[:-1],
-        "upper": edges[1:],
+        "lower": edges[:-1].to(probs.dtype),
+        "upper": edges[1:].to(probs.dtype),
         "confidence": conf_sum / safe,
         "accuracy": acc_sum / safe,
         "count": count.long(),
     }
+
+
+def bin_edges(n_bins: int) -> torch.Tensor:
+    """netcal's bin edges, float64: np.linspace(0, 1, n_bins + 1) (torch's linspace can differ
+    in the last bit, which moves a confidence sitting on an edge)."""
+    return torch.from_numpy(np.linspace(0.0, 1.0, n_bins + 1))
 
 
 def ece_from_bins(bins: Bins) -> float:

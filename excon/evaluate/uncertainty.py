@@ -57,10 +57,11 @@ def weighted_mean(weights: np.ndarray, values: np.ndarray) -> np.ndarray:
 
 
 def bin_index(confidence: np.ndarray, n_bins: int) -> np.ndarray:
-    """Equal-width bin of each confidence, upper-inclusive as `calibration.reliability_bins`
-    (0 in bin 0): searchsorted 'left' on the inner edges is torch.bucketize(right=False)."""
-    inner = np.linspace(0.0, 1.0, n_bins + 1, dtype=np.float32)[1:-1]
-    return np.searchsorted(inner, confidence.astype(np.float32), side="left")
+    """Equal-width bin of each confidence, lower-inclusive as `calibration.reliability_bins` and
+    netcal ([i/n, (i+1)/n), 1 in the last bin): searchsorted 'right' on netcal's float64 inner
+    edges is torch.bucketize(right=True)."""
+    inner = np.linspace(0.0, 1.0, n_bins + 1)[1:-1]
+    return np.searchsorted(inner, confidence.astype(np.float64), side="right")
 
 
 def weighted_ece(

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import itertools
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -29,7 +29,7 @@ def _rows(conf_and_correct: list[tuple[float, bool]]) -> tuple[torch.Tensor, tor
 
 def test_perfectly_calibrated_predictor_has_zero_ece():
     # each bin's accuracy equals its confidence exactly: 3/4 right at 0.75, 11/20 at 0.55,
-    # 2/2 at 1.0 (1.0 sits in the last bin, upper-inclusive)
+    # 2/2 at 1.0 (1.0 sits in the last bin, closed on the right as netcal's)
     rows = [(0.75, i < 3) for i in range(4)] + [(0.55, i < 11) for i in range(20)]
     rows += [(1.0, True)] * 2
     probs, labels = _rows(rows)
@@ -44,16 +44,16 @@ def test_hand_computed_ece_table():
         [
             [0.85, 0.10, 0.05],  # label 0: right, bin 8
             [0.90, 0.05, 0.05],  # label 1: wrong, bin 8
-            [0.20, 0.60, 0.20],  # label 1: right, bin 5
+            [0.20, 0.60, 0.20],  # label 1: right, bin 6 (float32 0.6 is above 0.6)
             [0.45, 0.30, 0.25],  # label 2: wrong, bin 4
-            [0.35, 0.33, 0.32],  # label 0: right, bin 3
+            [0.35, 0.33, 0.32],  # label 0: right, bin 3 (float32 0.35 is below 0.35)
         ]
     )
     labels = torch.tensor([0, 1, 1, 2, 0])
     bins = reliability_bins(probs, labels)
-    assert bins["count"].tolist() == [0, 0, 0, 1, 1, 1, 0, 0, 2, 0]
-    assert bins["confidence"].tolist() == pytest.approx([0, 0, 0, 0.35, 0.45, 0.6, 0, 0, 0.875, 0])
-    assert bins["accuracy"].tolist() == pytest.approx([0, 0, 0, 1, 0, 1, 0, 0, 0.5, 0])
+    assert bins["count"].tolist() == [0, 0, 0, 1, 1, 0, 1, 0, 2, 0]
+    assert bins["confidence"].tolist() == pytest.approx([0, 0, 0, 0.35, 0.45, 0, 0.6, 0, 0.875, 0])
+    assert bins["accuracy"].tolist() == pytest.approx([0, 0, 0, 1, 0, 0, 1, 0, 0.5, 0])
     assert bins["lower"].tolist() == pytest.approx([i / 10 for i in range(10)])
     assert bins["upper"].tolist() == pytest.approx([(i + 1) / 10 for i in range(10)])
     # bin 8 pools its two samples: |0.5 - 0.875| = 0.375, not the mean of per-sample gaps
@@ -62,16 +62,29 @@ def test_hand_computed_ece_table():
     assert ece_from_bins(bins) == ece(probs, labels)
 
 
-def test_bins_are_upper_inclusive_like_the_reference():
-    # a confidence exactly on an edge i/10 belongs to bin i-1, i.e. (lower, upper]
-    edges = torch.linspace(0, 1, 11)
-    conf = edges[4:]  # 0.4 .. 1.0, all >= the runner-up below
-    probs = torch.stack([conf, (1 - conf) / 2, (1 - conf) / 2], dim=1)
-    bins = reliability_bins(probs, torch.zeros(len(conf), dtype=torch.long))
-    assert bins["count"].tolist() == [0, 0, 0, 1, 1, 1, 1, 1, 1, 1]
-    # the reference's own test, gt(lower) & le(upper), gives the same counts
-    ref = [int(((conf > lo) & (conf <= hi)).sum()) for lo, hi in itertools.pairwise(edges)]
-    assert bins["count"].tolist() == ref
+@pytest.mark.parametrize("on_edges", [True, False])
+def test_ece_equals_netcals_binning(on_edges):
+    """The authors score ECE with netcal, which bins with scipy's binned_statistic_dd on
+    np.linspace edges: [lower, upper), 1 in the last bin. Here on confidences sitting exactly
+    on the edges (float64, where the two conventions part) and on random ones (float32)."""
+    from scipy.stats import binned_statistic_dd
+
+    g = torch.Generator().manual_seed(3)
+    if on_edges:
+        conf = torch.from_numpy(np.linspace(0.0, 1.0, 11)[4:]).repeat(3)  # 0.4 .. 1.0, float64
+        probs = torch.stack([conf, (1 - conf) / 2, (1 - conf) / 2], dim=1)
+    else:
+        probs = (torch.randn(300, 4, generator=g) * 2).softmax(dim=1)
+    labels = torch.randint(0, probs.shape[1], (len(probs),), generator=g)
+    x = probs.max(1).values.numpy().astype(np.float64)[:, None]
+    matched = (probs.argmax(1) == labels).numpy()
+    edges = [np.linspace(0.0, 1.0, 11)]
+    acc = np.nan_to_num(binned_statistic_dd(x, matched, "mean", bins=edges)[0])
+    conf_mean = np.nan_to_num(binned_statistic_dd(x, x[:, 0], "mean", bins=edges)[0])
+    counts = np.histogramdd(x, bins=edges)[0]
+    expected = float(np.sum(np.abs(acc - conf_mean) * counts / len(x)))
+    assert reliability_bins(probs, labels)["count"].tolist() == counts.astype(int).tolist()
+    assert ece(probs, labels) == pytest.approx(expected, abs=1e-6)
 
 
 @pytest.mark.parametrize(("seed", "n_bins", "classes"), [(0, 10, 5), (1, 10, 3), (2, 15, 10)])
@@ -115,7 +128,7 @@ def test_calibration_metrics_from_logits():
         -(math.log(0.75) + math.log(0.3) + math.log(0.8)) / 3, rel=1e-5
     )
     assert m["brier"] == pytest.approx(brier(probs, labels), abs=1e-6)
-    # bins 7 (0.75 right, 0.8 right) -> |1 - 0.775|, bin 4 (0.5 wrong) -> 0.5
+    # bins 7 (0.75 right, 0.8 right) -> |1 - 0.775|, bin 5 (0.5 wrong) -> 0.5
     assert m["ece"] == pytest.approx((2 * 0.225 + 0.5) / 3, abs=1e-6)
 
 

@@ -61,9 +61,10 @@ def test_ece_of_several_sets_is_the_mean_of_each_sets_ece():
     assert u.weighted_ece(weights, conf, correct) == pytest.approx(np.mean(each, axis=0))
 
 
-def test_bin_edges_match_the_reference_upper_inclusive_bins():
-    # 0.1 exactly is in bin 0 ((0, 0.1]), 0 in bin 0, 1 in the last bin
-    assert list(u.bin_index(np.array([0.0, 0.1, 0.1001, 0.5, 1.0]), 10)) == [0, 0, 1, 4, 9]
+def test_bin_edges_are_netcals_lower_inclusive_bins():
+    # 0.1 exactly is in bin 1 ([0.1, 0.2)), 0 in bin 0, 1 in the last bin
+    got = u.bin_index(np.array([0.0, 0.0999, 0.1, 0.5, 0.9999, 1.0]), 10)
+    assert list(got) == [0, 0, 1, 5, 9, 9]
 
 
 def test_paired_difference_interval_matches_scipy_bootstrap():
