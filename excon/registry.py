@@ -235,7 +235,11 @@ def skipped_decision(experiment: str) -> str:
 
 
 def register(
-    cfg: Config, run_dir: Path, data_dir: Path | None = None, source: str | None = None
+    cfg: Config,
+    run_dir: Path,
+    data_dir: Path | None = None,
+    source: str | None = None,
+    report: Path | None = None,
 ) -> dict:
     """Log the run in `run_dir` as a pyfunc model, register a new version with alias
     `challenger`, and move `champion` to it when it passes the gate.
@@ -243,7 +247,8 @@ def register(
     Nothing is logged under a DVC experiment unless `tracking.register_experiments`, nor for
     weights already registered (that version is returned). `source` (default: run_dir) is
     where the run's files live, recorded as a tag; orchestrators pass their artifact URI.
-    Returns {name, version, decision, reasons}."""
+    `report` (default: the study's <runs_dir>/<dataset>/report/report.json beside the run, when
+    there) gives the model card its intervals. Returns {name, version, decision, reasons}."""
     run_dir = Path(run_dir)
     meta, metrics = _checked_run(run_dir)
     name = model_name(cfg, meta)
@@ -275,7 +280,30 @@ def register(
     tags = _version_tags(cfg, meta, metrics, data_dir, source or str(run_dir), digest)
     number = _log_version(cfg, run_dir, meta, metrics, data_dir, name, tags)
     decision, reasons = _decide(cfg, client, name, number)
+    report = report or run_dir.parent.parent / "report" / "report.json"
+    _write_card(cfg, client, name, number, meta, metrics, (decision, reasons), report)
     return {"name": name, "version": number, "decision": decision, "reasons": reasons}
+
+
+def _write_card(
+    cfg: Config,
+    client: Any,
+    name: str,
+    number: int,
+    meta: dict,
+    metrics: dict,
+    decided: tuple[str, list[str]],
+    report: Path,
+) -> None:
+    """The model card: the version's description and `model_card.md` of its register run."""
+    from excon.model_card import model_card
+
+    version = client.get_model_version(name, str(number))
+    found = json.loads(report.read_text()) if report.is_file() else None
+    card = model_card(name, number, meta, metrics, version.tags or {}, *decided, cfg, found)
+    client.update_model_version(name, str(number), description=card)
+    if version.run_id:
+        client.log_text(version.run_id, card, "model_card.md")
 
 
 def _version_tags(

@@ -349,3 +349,59 @@ def test_a_version_carries_its_lineage(store, tmp_path, monkeypatch):
     assert probs.shape == (2, 3)
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-5)
     assert np.asarray(json.loads(example)["inputs"]).dtype.kind == "i"
+
+
+# --------------------------------------------------------------------------------------------
+# the model card
+
+
+def write_report(path: Path) -> Path:
+    """A report.json as `excon report` writes it (the parts the card reads)."""
+    from excon.artifacts import write_json
+
+    write_json(
+        path,
+        {
+            "methods": {
+                "supcon": {
+                    "test/top1": {"mean": 0.5, "std": 0.04, "n": 3, "low": 0.41, "high": 0.59},
+                    "calib/ece": {"mean": 0.1, "std": 0.01, "n": 3, "low": 0.08, "high": 0.12},
+                }
+            },
+            "claims": {
+                "supported": 1,
+                "of": 4,
+                "each": [{"name": "accuracy", "title": "accuracy", "verdict": "supported"}],
+            },
+        },
+    )
+    return path
+
+
+def test_each_version_carries_its_model_card(store, tmp_path):
+    cfg = config(store, "tracking.model_name=excon-card")
+    client = mlflow.MlflowClient()
+    run = make_run(tmp_path / "runs" / "blobs" / "supcon" / "seed0", GOOD, seed=21)
+    write_report(tmp_path / "runs" / "blobs" / "report" / "report.json")  # the study's report
+    data = prepared_dir(tmp_path / "data", "card")
+    first = registry.register(cfg, run, data)
+    version = client.get_model_version("excon-card", str(first["version"]))
+    card = version.description
+    assert card.startswith("# excon-card version 1\n")
+    assert "**Gate decision: promoted**" in card and "- no champion yet: promoted" in card
+    assert f"`{version.tags['excon.data_hash']}`" in card  # the data and its hash
+    assert f"`{version.tags['excon.weights_sha256']}`" in card
+    assert "| 0.5000 | 0.5000 [0.4100, 0.5900] (n=3) |" in card  # this version | the interval
+    assert "supports 1 of the paper's 4 claims" in card and "- accuracy: supported" in card
+    assert "## Intended use" in card and "## Known limitations" in card
+    assert "- optim: lr 0.5" in card  # the recipe
+    logged = mlflow.artifacts.download_artifacts(
+        run_id=version.run_id, artifact_path="model_card.md", dst_path=str(tmp_path / "dl")
+    )
+    assert Path(logged).read_text() == card
+
+    worse = make_run(tmp_path / "elsewhere" / "r", WORSE_TOP1, seed=22)  # no report beside it
+    second = registry.register(cfg, worse, data)
+    card = client.get_model_version("excon-card", str(second["version"])).description
+    assert "**Gate decision: rejected**" in card and "FAIL test/top1" in card
+    assert "intervals over seeds not available" in card
