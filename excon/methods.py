@@ -120,19 +120,19 @@ def encode_views(encoder: nn.Module, views: list[torch.Tensor], bn: str) -> torc
 
 @contextlib.contextmanager
 def _frozen_running_stats(module: nn.Module) -> Iterator[None]:
-    """BatchNorm buffers (running mean/var, batch count) as they were on entry, after the block."""
-    saved = [
-        (buf, buf.detach().clone())
-        for m in module.modules()
-        if isinstance(m, nn.modules.batchnorm._BatchNorm)
-        for buf in m.buffers()
-    ]
+    """BatchNorm running statistics unchanged by the forwards in the block: momentum 0 makes the
+    update `running * 1 + batch * 0`. Restoring saved values instead would write in place into
+    buffers the first view's backward still needs (autograd refuses that)."""
+    norms = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    saved = [(m, m.momentum, m.num_batches_tracked.clone()) for m in norms if m.track_running_stats]
+    for m, _, _ in saved:
+        m.momentum = 0.0
     try:
         yield
     finally:
-        with torch.no_grad():
-            for buf, value in saved:
-                buf.copy_(value)
+        for m, momentum, count in saved:
+            m.momentum = momentum
+            m.num_batches_tracked.copy_(count)  # a counter no backward reads
 
 
 def saliency_precision(device: torch.device, precision: str) -> contextlib.AbstractContextManager:

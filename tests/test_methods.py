@@ -63,10 +63,16 @@ def test_per_view_batchnorm_normalises_each_view_as_its_own_batch(net):
     torch.manual_seed(1)
     views = [torch.randn(6, 1, 16, 16), 3 + 2 * torch.randn(6, 1, 16, 16)]  # unlike statistics
     net.train()
-    alone, per_view, whole = (copy.deepcopy(net.encoder) for _ in range(3))
-    expected = torch.cat([alone(views[0]), copy.deepcopy(net.encoder)(views[1])])
+    alone, second, per_view, whole = (copy.deepcopy(net.encoder) for _ in range(4))
+    expected = torch.cat([alone(views[0]), second(views[1])])
     got = encode_views(per_view, views, "per_view")
     torch.testing.assert_close(got, expected)
+    # and it trains: the gradient is the sum of the two separate runs' (backward must not trip
+    # over BatchNorm buffers the second view's forward touched)
+    expected.square().sum().backward()
+    got.square().sum().backward()
+    for a, b, p in zip(alone.parameters(), second.parameters(), per_view.parameters(), strict=True):
+        torch.testing.assert_close(p.grad, a.grad + b.grad)
     for a, b in zip(alone.buffers(), per_view.buffers(), strict=True):
         assert torch.equal(a, b)  # running statistics: view 1's batch only
     batched = encode_views(whole, views, "batch")
