@@ -62,10 +62,12 @@ def tiny_run(
     channels: int = 3,
     class_names: tuple[str, ...] = ("a", "b", "c"),
     size: int = 16,
+    width: float = 0.0625,
 ) -> Path:
     """An evaluated run as the real writers leave it (encoder, probe head, eval metrics) for an
-    untrained width-1/16 ResNet-18: what registry and serving tests register. Untrained, not
-    rigged: its outputs depend on the input like any network's."""
+    untrained ResNet-18 (width 1/16 by default): what registry and serving tests register, and
+    at width 1 what the serving benchmark serves. Untrained, not rigged: its outputs depend on
+    the input like any network's."""
     from excon.artifacts import model_meta, save_model
     from excon.config import load_config
     from excon.models import ExConNet
@@ -73,7 +75,7 @@ def tiny_run(
 
     torch.manual_seed(seed)
     k = len(class_names)
-    model = ExConNet(num_classes=k, width=0.0625, in_channels=channels, proj_dim=8)
+    model = ExConNet(num_classes=k, width=width, in_channels=channels, proj_dim=8)
     data_meta = {
         "dataset": "blobs",
         "class_names": list(class_names),
@@ -83,7 +85,7 @@ def tiny_run(
         "method": "supcon",
         "gradcam_layer": None,
     }
-    cfg = load_config(None, ["model.width=0.0625", "model.proj_dim=8"])
+    cfg = load_config(None, [f"model.width={width}", "model.proj_dim=8"])
     save_model(run_dir, model, model_meta(cfg.model, k, channels, data_meta))
     head = torch.nn.Linear(model.encoder.feature_dim, k)
     save_probe_head(run_dir, head)
