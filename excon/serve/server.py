@@ -130,7 +130,7 @@ class ExConModel(Model):
             "top": serving.top_classes(self.meta, probs[i], batch.top_k),
             "explained_class": self.names[explained],
             "layer": self.layer,
-            "gradcam": np.round(heat, 4).tolist(),
+            "gradcam": np.round(heat.astype(np.float64), 4).tolist(),  # float32 prints 17 digits
             "overlay_png": base64.b64encode(buf.getvalue()).decode("ascii"),
         }
 
