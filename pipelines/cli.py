@@ -139,7 +139,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     if args.nodes * args.gpus > 1 and not args.staging_url:
-        raise ConfigError("--nodes x --gpus > 1 runs pretrain as a PyTorchJob: give --staging-url")
+        raise ConfigError("--nodes x --gpus > 1 runs pretrain as a TrainJob: give --staging-url")
     if args.node_selector is not None:
         arguments["gpu_node_selector"] = _json_arg(args.node_selector, dict, "--node-selector")
     if args.tolerations is not None:
@@ -240,7 +240,7 @@ def build_parser() -> argparse.ArgumentParser:
             "--nodes",
             type=int,
             default=1,
-            help="pretrain pods; nodes x gpus > 1 runs pretrain as a PyTorchJob (DDP)",
+            help="pretrain pods; nodes x gpus > 1 runs pretrain as a Kubeflow TrainJob (DDP)",
         )
         p.add_argument("--accelerator", default="nvidia.com/gpu", help="GPU resource name")
         p.add_argument("--shm-size", default="16Gi", help="in-memory /dev/shm per GPU task")
@@ -271,7 +271,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--checkpoint-url", default="", help="s3://bucket/prefix: pretrain resumes from here"
     )
     p.add_argument(
-        "--staging-url", default="", help="s3://bucket/prefix: a PyTorchJob's inputs and outputs"
+        "--staging-url", default="", help="s3://bucket/prefix: a TrainJob's inputs and outputs"
     )
     p.add_argument("--node-selector", help='JSON, e.g. \'{"nvidia.com/gpu.present": "true"}\'')
     p.add_argument("--tolerations", help="JSON list of tolerations for the GPU tasks")

@@ -47,7 +47,7 @@ from components.register.component import register
 from components.report.component import report
 from components.start_tracking.component import start_tracking
 from excon.config import Config
-from pipelines import dag, pytorchjob
+from pipelines import dag, trainjob
 from pipelines.stage_code import code_version
 
 PIPELINE_NAME = "excon-study"
@@ -95,7 +95,7 @@ class Resources:
     """Where and with what the tasks run. GPU tasks: pretrain, probe and the evaluations."""
 
     gpus: int = 1  # per pretrain pod; probe and evaluations use one
-    nodes: int = 1  # nodes x gpus > 1: pretrain runs as a PyTorchJob (pipelines/pytorchjob.py)
+    nodes: int = 1  # nodes x gpus > 1: pretrain runs as a TrainJob (pipelines/trainjob.py)
     accelerator: str = "nvidia.com/gpu"
     gpu_cpu: str = "8"
     gpu_memory: str = "48Gi"
@@ -264,7 +264,7 @@ class _Tasks:
             )
             self.common(pre, name, True, resources.pretrain_timeout_s)
             self.on_gpu(pre, where, resources.gpus)
-        else:  # several GPUs or nodes: this task launches and awaits a PyTorchJob
+        else:  # several GPUs or nodes: this task launches and awaits a Kubeflow TrainJob
             pre = named(pretrain_job, name)(
                 **self.inputs("pretrain", m, seed),
                 dataset=data.outputs["dataset"],
@@ -307,10 +307,10 @@ class _Tasks:
 
 
 def _job_manifest(image: str, resources: Resources) -> str | None:
-    """The PyTorchJob pretrain launches when it needs several GPUs or nodes, else None."""
+    """The TrainJob pretrain launches when it needs several GPUs or nodes, else None."""
     if resources.nodes * resources.gpus == 1:
         return None
-    job = pytorchjob.render(
+    job = trainjob.render(
         image,
         resources.nodes,
         resources.gpus,
@@ -318,6 +318,7 @@ def _job_manifest(image: str, resources: Resources) -> str | None:
         resources.gpu_cpu,
         resources.gpu_memory,
         resources.shm_size,
+        resources.pretrain_timeout_s,  # the job's deadline: the launching task's own
     )
     return json.dumps(job, sort_keys=True)
 
@@ -338,7 +339,7 @@ def build_pipeline(
     b.settings = run_settings(cfg)
     b.versions = {stage: code_version(stage) for stage in dag.STAGE_PARAMS}
     report_key = _report_key(cfg, methods, image, resources, b.versions)
-    job_kinds = [list(pytorchjob.KIND)] if b.job_manifest else []
+    job_kinds = [list(trainjob.KIND)] if b.job_manifest else []
     config_text = yaml.safe_dump(cfg.to_dict(), sort_keys=True)  # start-tracking only: uncached
 
     @dsl.pipeline(

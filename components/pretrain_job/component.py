@@ -1,4 +1,4 @@
-"""pretrain_job: pretrain one method on several GPUs or nodes, as a PyTorchJob.
+"""pretrain_job: pretrain one method on several GPUs or nodes, as a Kubeflow Trainer TrainJob.
 
 The pipeline uses this instead of `pretrain` when compiled with nodes x gpus > 1. The task itself
 needs no GPU: it stages the inputs in S3, creates the job from the compiled template, waits for
@@ -26,7 +26,7 @@ def pretrain_job(
     tolerations: list,
     namespace: str = "",
 ) -> None:
-    """Pretrain one run as a PyTorchJob and fetch it.
+    """Pretrain one run as a TrainJob (pipelines/trainjob.py) and fetch it.
 
     Args:
         params: the stage's slice of the study parameters (JSON, pipelines.dag.stage_params
@@ -39,7 +39,7 @@ def pretrain_job(
         dataset: the prepared dataset, staged in S3 for the job's pods.
         model: the trained run rank 0 mirrored back.
         metrics: the run's summary, for the KFP UI.
-        job_manifest: the PyTorchJob (JSON) rendered at compile time: pods and GPUs per pod.
+        job_manifest: the TrainJob (JSON) rendered at compile time: nodes and GPUs per node.
         staging_url: s3://bucket/prefix where the job's inputs and outputs are staged.
         node_selector: the GPU pods' node selector.
         tolerations: the GPU pods' tolerations.
@@ -53,11 +53,11 @@ def pretrain_job(
 
     from excon import stages
     from excon.config import loads_config
-    from pipelines import pytorchjob
+    from pipelines import trainjob
 
     settings = json.loads(os.environ.get("EXCON_RUN_SETTINGS") or "[]")
     cfg = loads_config(params, [*settings, f"method.name={method}", f"train.seed={seed}"])
-    summary = pytorchjob.launch(
+    summary = trainjob.launch(
         json.loads(job_manifest),
         yaml.safe_dump(cfg.to_dict(), sort_keys=True),  # the job's pods read the whole Config
         method,
@@ -68,8 +68,10 @@ def pretrain_job(
         node_selector,
         tolerations,
         namespace=namespace,
+        # the job's own deadline (activeDeadlineSeconds) ends it first; then this gives up
+        timeout_s=json.loads(job_manifest)["spec"]["activeDeadlineSeconds"] + 600,
     )
     (Path(model.path) / "checkpoint.pt").unlink(missing_ok=True)
-    model.metadata.update({"method": method, "seed": seed, "pytorchjob": True})
+    model.metadata.update({"method": method, "seed": seed, "trainjob": True})
     for key, value in stages.numeric(summary).items():
         metrics.log_metric(key, value)

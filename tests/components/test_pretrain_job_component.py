@@ -1,5 +1,5 @@
-"""pretrain_job: the wrapper around pipelines.pytorchjob.launch (tested against a real S3 server
-in tests/storage/test_pytorchjob_launch.py). Here: it hands launch the task's inputs and turns
+"""pretrain_job: the wrapper around pipelines.trainjob.launch (tested against a real S3 server
+in tests/storage/test_trainjob_launch.py). Here: it hands launch the task's inputs and turns
 the fetched run into the same Model and Metrics a single-GPU pretrain gives."""
 
 import json
@@ -9,7 +9,7 @@ from kfp.dsl import Metrics, Model
 
 from components.pretrain_job.component import pretrain_job
 from excon.config import loads_config
-from pipelines import dag, pytorchjob
+from pipelines import dag, trainjob
 from pipelines.excon_pipeline import RUN_SETTINGS
 
 
@@ -27,9 +27,9 @@ def test_the_fetched_run_becomes_the_model_artifact(
         (out / "checkpoint.pt").write_bytes(b"scratch")
         return {"method": method, "val/top1": 0.25, "epochs": 3}
 
-    monkeypatch.setattr(pytorchjob, "launch", fake_launch)
+    monkeypatch.setattr(trainjob, "launch", fake_launch)
     model, metrics = output(Model, "model"), output(Metrics, "metrics")
-    manifest = pytorchjob.render("registry.test/excon:1", 2, 2)
+    manifest = trainjob.render("registry.test/excon:1", 2, 2)
     pretrain_job.python_func(
         **task("pretrain", method="supcon"),
         dataset=dataset,
@@ -51,8 +51,8 @@ def test_the_fetched_run_becomes_the_model_artifact(
         "s3://b/stage",
         "r1",
         {"pool": "gpu"},
-        {"namespace": ""},
+        {"namespace": "", "timeout_s": 72 * 3600 + 600},  # past the job's own deadline
     )
     assert not (Path(model.path) / "checkpoint.pt").exists()
-    assert model.metadata == {"method": "supcon", "seed": 0, "pytorchjob": True}
+    assert model.metadata == {"method": "supcon", "seed": 0, "trainjob": True}
     assert metrics.metadata == {"val/top1": 0.25, "epochs": 3.0}

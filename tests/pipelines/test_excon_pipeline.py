@@ -148,10 +148,10 @@ def test_cache_keys_change_exactly_where_results_can(compile_docs, compiled):
 
 def test_gpus_and_methods_options(compile_docs):
     spec, _ = compile_docs("--gpus", "2", "--methods", "supcon", "excon")
-    # two GPUs on one node: a one-pod PyTorchJob with two processes
+    # two GPUs on one node: a one-node TrainJob with two processes
     job = tasks(spec)["pretrain-excon-seed0"]["inputs"]["parameters"]["job_manifest"]
-    job = json.loads(job["runtimeValue"]["constant"])
-    assert job["spec"]["nprocPerNode"] == "2" and "Worker" not in job["spec"]["pytorchReplicaSpecs"]
+    trainer = json.loads(job["runtimeValue"]["constant"])["spec"]["trainer"]
+    assert (trainer["numNodes"], trainer["numProcPerNode"]) == (1, 2)
     assert not any(name.endswith("-ce-seed0") for name in tasks(spec))
     report_inputs = tasks(spec)["report"]["inputs"]["artifacts"]
     assert set(report_inputs) == {
@@ -183,13 +183,18 @@ def test_submit_to_an_unreachable_host_is_one_clear_line(capsys):
     assert "--node-selector: expected a JSON dict" in capsys.readouterr().err
 
 
-def test_several_gpus_run_pretrain_as_a_pytorchjob(compile_docs, compiled):
+def test_several_gpus_run_pretrain_as_a_trainjob(compile_docs, compiled):
     spec, _ = compile_docs("--image", "registry.test/excon:1", "--nodes", "2", "--gpus", "4")
     task = tasks(spec)["pretrain-excon-seed0"]
     params = task["inputs"]["parameters"]
     job = json.loads(params["job_manifest"]["runtimeValue"]["constant"])
-    assert job["kind"] == "PyTorchJob" and job["spec"]["nprocPerNode"] == "4"
-    assert job["spec"]["pytorchReplicaSpecs"]["Worker"]["replicas"] == 1
+    assert job["kind"] == "TrainJob" and job["spec"]["runtimeRef"]["name"] == "torch-distributed"
+    assert (job["spec"]["trainer"]["numNodes"], job["spec"]["trainer"]["numProcPerNode"]) == (2, 4)
+    assert job["spec"]["activeDeadlineSeconds"] == 72 * 3600  # the task's own deadline
+    # the exit handler deletes the run's TrainJobs still running
+    assert constants(spec, "finish-run")["job_kinds"] == [
+        ["trainer.kubeflow.org", "v1alpha1", "trainjobs"]
+    ]
     assert params["staging_url"] == {"componentInputParameter": "staging_url"}  # flattened
     assert params["node_selector"] == {"componentInputParameter": "gpu_node_selector"}
     # the launcher needs no GPU; the job's pods do, and probe/evaluations keep one each

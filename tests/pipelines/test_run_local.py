@@ -1,5 +1,6 @@
 """The whole DAG through kfp.local (SubprocessRunner, this Python) on the tiny preset: every task
-runs, the report compares the three methods and the registry holds the gated versions."""
+runs (the seed loop, dsl.Collected and the exit handler included), the report compares the three
+methods, the registry holds the gated versions and the exit handler ended the MLflow parent."""
 
 import json
 import os
@@ -44,32 +45,45 @@ def local_run(tmp_path_factory):
     return runs[0], work / "state" / "mlflow.db", log
 
 
+def task_dirs(run: Path) -> dict[str, Path]:
+    """task -> its folder; kfp.local keeps a loop's tasks in for-loop-<n>-iteration-<i>/, named
+    here <task>-seed<k> as the tests of the compiled DAG name them (params.yaml: seeds [0])."""
+    found = {}
+    for path in run.iterdir():
+        if path.name.startswith("for-loop-"):
+            k = int(path.name.rsplit("-", 1)[1])  # iteration i of study.seeds = [0]: seed i
+            found |= {f"{task.name}-seed{k}": task for task in path.iterdir()}
+        else:
+            found[path.name] = path
+    return found
+
+
 def test_every_task_succeeds(local_run):
     run, _, log = local_run
-    tasks = {p.name for p in run.iterdir()}
-    assert tasks == {"start-tracking", "prepare", "report"} | {
+    methods = ("ce", "supcon", "excon")
+    assert set(task_dirs(run)) == {"start-tracking", "prepare", "report", "finish-run"} | {
         f"{stage}-{m}-seed0"
-        for m in ("ce", "supcon", "excon")
+        for m in methods
         for stage in (
             "pretrain",
             "probe",
             "evaluate-calibration",
             "evaluate-robustness",
             "evaluate-explanations",
-            "register",
         )
-    }
+    } | {f"register-{m}" for m in methods}
     assert "Pipeline \x1b[95m'excon-study'\x1b[0m finished with status \x1b[92mSUCCESS" in log
     assert "kfp.local: pipeline finished" in log
 
 
 def test_artifacts_are_the_stage_outputs(local_run):
     run, _, _ = local_run
-    assert (run / "pretrain-excon-seed0" / "model" / "model.safetensors").is_file()
-    assert not (run / "pretrain-excon-seed0" / "model" / "checkpoint.pt").exists()
-    assert (run / "probe-excon-seed0" / "probe_head" / "probe_head.safetensors").is_file()
+    task = task_dirs(run)
+    assert (task["pretrain-excon-seed0"] / "model" / "model.safetensors").is_file()
+    assert not (task["pretrain-excon-seed0"] / "model" / "checkpoint.pt").exists()
+    assert (task["probe-excon-seed0"] / "probe_head" / "probe_head.safetensors").is_file()
     adv = json.loads(
-        (run / "evaluate-robustness-excon-seed0" / "evaluation" / "metrics.json").read_text()
+        (task["evaluate-robustness-excon-seed0"] / "evaluation" / "metrics.json").read_text()
     )
     assert adv["method"] == "excon" and "adv/pgd/eps4/acc" in adv
     assert "data:image/png;base64," in (run / "report" / "plots").read_text()
@@ -82,10 +96,10 @@ def test_registry_and_parent_run(local_run):
 
     run, db, _ = local_run
     decisions = [
-        (run / f"register-{m}-seed0" / "decision").read_text() for m in ("ce", "supcon", "excon")
+        (run / f"register-{m}" / "decision").read_text() for m in ("ce", "supcon", "excon")
     ]
-    # the first registration has no champion to beat (kfp.local runs the three in any order)
-    assert any("version 1: promoted" in t for t in decisions)
+    # registered in order: ce's (seed 0) first, with no champion to beat
+    assert "# seed 0: excon-animals version 1: promoted" in decisions[0]
     client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{db}")
     versions = client.search_model_versions("name='excon-animals'")
     assert len(versions) == 3
@@ -100,3 +114,9 @@ def test_registry_and_parent_run(local_run):
     children = client.search_runs([exp.experiment_id], f"tags.mlflow.parentRunId = '{parent_id}'")
     stages = {r.data.tags["excon.stage"] for r in children}
     assert {"pretrain", "probe", "evaluate_robustness", "report", "register"} <= stages
+    # start-tracking left it RUNNING; the exit handler ended it with the pipeline's status
+    assert client.get_run(parent_id).info.status == "FINISHED"
+    finish = json.loads((run / "finish-run" / "executor_output.json").read_text())
+    outcome = json.loads(finish["parameterValues"]["Output"])
+    assert outcome == {"state": "SUCCEEDED", "mlflow_status": "FINISHED", "parent": parent_id,
+                       "deleted": []}  # fmt: skip

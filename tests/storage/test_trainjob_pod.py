@@ -1,6 +1,7 @@
-"""The PyTorchJob pod's own script (infra/k8s/training/pytorchjob.yaml), run here as a pod
-would run it, against a real S3 server: torchrun with two CPU processes (gloo) instead of two
-GPUs. It fetches the staged inputs, trains, uploads its checkpoint every epoch and mirrors the
+"""The TrainJob pod's own script (pipelines/trainjob.py SCRIPT, the trainer's args), run here as
+a pod would run it, against a real S3 server: torchrun with two CPU processes (gloo) instead of
+two GPUs, configured by the PET_* variables Kubeflow Trainer's torch plugin sets. It fetches the
+staged inputs, trains, uploads its checkpoint every epoch and mirrors the
 run; a restarted pod (a fresh scratch volume) resumes from the uploaded checkpoint."""
 
 import os
@@ -15,7 +16,7 @@ from safetensors.torch import load_file
 
 from excon.config import load_config
 from excon.storage import upload_dir, upload_file
-from pipelines.pytorchjob import render
+from pipelines.trainjob import render
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.timeout(900)
@@ -36,9 +37,12 @@ def run_pod(script: str, work: Path, stage: str, s3_env) -> subprocess.Completed
         "EXCON_STAGE_URL": stage,
         "EXCON_METHOD": "supcon",
         "EXCON_PIPELINE_RUN": "",
-        "MASTER_ADDR": "127.0.0.1",
-        "MASTER_PORT": str(free_port()),
-        "PET_NPROC_PER_NODE": "2",  # what the operator sets from nprocPerNode
+        # what Trainer's torch plugin sets from numNodes and numProcPerNode
+        "PET_NNODES": "1",
+        "PET_NODE_RANK": "0",
+        "PET_NPROC_PER_NODE": "2",
+        "PET_MASTER_ADDR": "127.0.0.1",
+        "PET_MASTER_PORT": str(free_port()),
         **{k: v for k, v in os.environ.items() if k.startswith("AWS_")},
     }
     work.parent.mkdir(parents=True)  # the pod's /tmp volume; the script makes work/ in it
@@ -73,11 +77,10 @@ def stage_inputs(stage: str, prepared: Path, tmp: Path) -> None:
 
 
 def pod_script() -> str:
-    (container,) = render("registry.test/excon:1", 1, 2)["spec"]["pytorchReplicaSpecs"]["Master"][
-        "template"
-    ]["spec"]["containers"]
-    assert "workingDir" not in container  # made by the script, as the pod's user
-    return container["args"][0]
+    trainer = render("registry.test/excon:1", 1, 2)["spec"]["trainer"]
+    assert trainer["command"] == ["sh", "-ec"]  # no workingDir: made by the script, as the user
+    (script,) = trainer["args"]
+    return script
 
 
 def test_pod_script_trains_uploads_and_a_restarted_pod_resumes(s3_env, bucket, prepared, tmp_path):
