@@ -2,18 +2,28 @@
 PYTHON ?= python3.11
 VENV := .venv
 PY := $(VENV)/bin/python
-# The install is skipped while pyproject.toml is unchanged: the stamp is keyed on its hash.
-STAMP := $(VENV)/.installed-$(shell sha256sum pyproject.toml | cut -c1-16)
+# The install is skipped while pyproject.toml and the lock are unchanged: the stamp is keyed on
+# their hash.
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml requirements.lock | sha256sum | cut -c1-16)
+# requirements.lock: every transitive dependency of the image, with hashes (`make lock`). The
+# install here takes its versions as constraints, hashes stripped: pip turns any hash in a
+# constraints file into --require-hashes for everything, and the dev extras are not in the lock.
+CONSTRAINTS := $(VENV)/constraints.txt
+# uv resolves the lock for the image's platform from PyPI, whatever machine runs it.
+UV ?= uv
+LOCK_FLAGS := --python-version 3.11 --python-platform x86_64-manylinux_2_28 --generate-hashes \
+	--index-url https://pypi.org/simple --no-config --custom-compile-command "make lock"
 
-.PHONY: run test lint format clean
+.PHONY: run test lint format clean lock
 .DEFAULT_GOAL := run
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml requirements.lock
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet -e '.[dev]'
+	sed -e '/--hash=/d' -e 's/ \\$$//' requirements.lock > $(CONSTRAINTS)
+	$(PY) -m pip install --quiet -c $(CONSTRAINTS) -e '.[dev]'
 	# animal-mnist ships the embedded default data; --no-deps because it declares tensorflow,
 	# which excon never imports (we read the package's data files directly).
-	$(PY) -m pip install --quiet --no-deps animal-mnist==0.4
+	$(PY) -m pip install --quiet --no-deps -c $(CONSTRAINTS) animal-mnist==0.4
 	# torchattacks (tests only: cross-checks FGSM/PGD) pins requests~=2.25, which the MLOps
 	# stack cannot use; the attacks themselves need only torch.
 	$(PY) -m pip install --quiet --no-deps torchattacks==3.5.1
@@ -44,3 +54,10 @@ format: $(STAMP)
 
 clean:
 	rm -rf runs data/prepared
+
+# Re-resolve requirements.lock (needs uv: `pip install uv`): pyproject.toml's dependencies and
+# everything they pull in, then the packages installed without dependencies.
+lock:
+	$(UV) pip compile pyproject.toml $(LOCK_FLAGS) -q -o requirements.lock
+	$(UV) pip compile infra/docker/no-deps.in --no-deps $(LOCK_FLAGS) --no-header -q -o $(VENV)/no-deps.lock
+	cat $(VENV)/no-deps.lock >> requirements.lock

@@ -11,7 +11,6 @@ import os
 import posixpath
 import re
 import shlex
-import shutil
 import subprocess
 import sys
 import tomllib
@@ -30,7 +29,8 @@ HADOLINT = Path(sys.executable).parent / "hadolint"
 # torch bump in pyproject.toml fails here until this table and the FROM tag are updated.
 TORCH_WHEEL_CUDA = {"2.14.1": "13.0"}
 
-CUDA_BASE = re.compile(r"nvidia/cuda:(\d+)\.(\d+)\.(\d+)-runtime-ubuntu24\.04")
+# -base, not -runtime: torch's wheels bring their CUDA libraries (infra/docker/Dockerfile).
+CUDA_BASE = re.compile(r"nvidia/cuda:(\d+)\.(\d+)\.(\d+)-base-ubuntu24\.04")
 PIN = re.compile(r"(?<![\w.-])([A-Za-z0-9][A-Za-z0-9._-]*)==([0-9][^\s\"'\\,;)]*)")
 SECRET_NAME = re.compile(r"SECRET|PASSWORD|PASSWD|TOKEN|KEY|CREDENTIAL", re.IGNORECASE)
 
@@ -209,7 +209,6 @@ def test_every_pin_in_the_dockerfile_matches_pyproject_or_makefile():
         canonicalize_name(n): v for n, v in PIN.findall((ROOT / "Makefile").read_text())
     }
     mentioned = PIN.findall(DOCKERFILE.read_text())  # comments included: no stale versions
-    assert any(canonicalize_name(n) == "animal-mnist" for n, _ in mentioned)
     for name, version in mentioned:
         key = canonicalize_name(name)
         if key in pins:
@@ -230,32 +229,41 @@ def test_torch_comes_only_through_pyproject():
         assert "--find-links" not in args and " -f " not in args, args
 
 
-def test_dependency_list_is_read_from_pyproject_and_installed(tmp_path):
+def test_the_lock_is_what_the_builder_installs_with_hashes():
+    """Every package comes from requirements.lock, hash-checked and unresolved; then the project
+    without its dependencies, and `pip check` proves the lock satisfies pyproject.toml.
+    (That the lock agrees with pyproject.toml: tests/infra/test_lock.py.)"""
     builder = stages(DOCKERFILE.read_text())[-2]
     run_lines = [args for keyword, args in builder if keyword == "RUN"]
-    deps_run = next(args for args in run_lines if "tomllib" in args)
-    tokens = shlex.split(deps_run)
-    code = tokens[tokens.index("-c") + 1]
-    requirements = tokens[tokens.index(">") + 1]
-    assert f"-r {requirements}" in deps_run, "the extracted list must be what pip installs"
-    # Run the Dockerfile's own extraction on the real pyproject.toml.
-    shutil.copy(ROOT / "pyproject.toml", tmp_path / "pyproject.toml")
-    out = subprocess.run(
-        [sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, check=True
-    )
-    assert out.stdout.splitlines() == pyproject()["project"]["dependencies"]
-
-    # Then the project itself, from a copy of pyproject.toml and every package setuptools
-    # finds, with dependency resolution on (no --no-deps) and without the dev extras.
     copied = [src for keyword, args in builder if keyword == "COPY" for src in copy_sources(args)]
+    assert "requirements.lock" in copied
+    (deps,) = [a for a in run_lines if "requirements.lock" in a]
+    tokens = shlex.split(deps)
+    assert {"--require-hashes", "--no-deps"} <= set(tokens)
+    assert tokens[tokens.index("-r") + 1] == "requirements.lock"
+    # the lock's layer comes before the sources: a source edit keeps the wheels' layer
+    order = [k + " " + a for k, a in builder]
+    assert order.index("COPY requirements.lock ./") < order.index("COPY excon ./excon")
+    # Then the project itself, from a copy of pyproject.toml and every package setuptools
+    # finds, without the dev extras.
     assert "pyproject.toml" in copied and "README.md" in copied
     for pattern in pyproject()["tool"]["setuptools"]["packages"]["find"]["include"]:
         assert pattern.rstrip("*") in copied, f"package {pattern} not copied into the builder"
-    project_install = [a for a in run_lines if re.search(r"pip install\b.*\s\.$", a)]
+    project_install = [a for a in run_lines if re.search(r"pip install\b.*\s\.(\s|$)", a)]
     assert project_install, "no `pip install .` of the project in the builder"
-    assert "--no-deps" not in project_install[-1] and "[dev]" not in project_install[-1]
+    assert "[dev]" not in project_install[-1] and "pip check" in project_install[-1]
     final = stages(DOCKERFILE.read_text())[-1]
     assert ("COPY", "--from=builder /opt/venv /opt/venv") in final
+
+
+def test_the_git_commit_is_baked_in_for_mlflow():
+    """MLflow runs on the cluster record the code they ran (excon/tracking.py reads it)."""
+    from excon.tracking import GIT_COMMIT_ENV
+
+    final = stages(DOCKERFILE.read_text())[-1]
+    assert ("ARG", 'REVISION=""') in final
+    envs = [pair for keyword, args in final if keyword == "ENV" for pair in assignments(args)]
+    assert (GIT_COMMIT_ENV, '"${REVISION}"') in envs or (GIT_COMMIT_ENV, "${REVISION}") in envs
 
 
 def test_base_image_cuda_matches_torch_wheel():
@@ -268,8 +276,8 @@ def test_base_image_cuda_matches_torch_wheel():
         assert f"{local[2:-1]}.{local[-1]}" == TORCH_WHEEL_CUDA[torch], installed
     froms = [from_image(a) for k, a in instructions(DOCKERFILE.read_text()) if k == "FROM"]
     cuda = [CUDA_BASE.fullmatch(image) for image in froms if image.startswith("nvidia/cuda")]
-    assert cuda and all(cuda), f"CUDA bases must be exact runtime-ubuntu24.04 tags: {froms}"
-    assert CUDA_BASE.fullmatch(froms[-1]), "the final stage must be the CUDA runtime image"
+    assert cuda and all(cuda), f"CUDA bases must be exact base-ubuntu24.04 tags: {froms}"
+    assert CUDA_BASE.fullmatch(froms[-1]), "the final stage must be the CUDA base image"
     for match in cuda:
         assert f"{match[1]}.{match[2]}" == TORCH_WHEEL_CUDA[torch], match[0]
 
