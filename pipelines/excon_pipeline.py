@@ -1,12 +1,14 @@
 """The study as a KFP v2 pipeline, the same DAG as dvc.yaml:
 
-    start_tracking -> prepare -> pretrain[m] -> probe[m] -> evaluate_{calibration,robustness,
-    explanations}[m] (in parallel) -> report -> register[m] (promotion gate)
+    exit handler (finish-run: ends the MLflow parent with the run's status) around
+    start_tracking -> prepare -> ParallelFor seed in study.seeds:
+        pretrain-<m> -> probe-<m> -> evaluate-{calibration,robustness,explanations}-<m>
+    -> report (every method x seed, dsl.Collected) -> register-<m> (every seed, in order)
 
-for each method m, unrolled at compile time into tasks named `<stage>-<method>-seed<k>` so the
-cluster UI shows each one. The study's parameters (params.yaml + --set) are compiled in; the
-pipeline's run-time parameters only place the work (GPU node selector and tolerations) or make it
-resumable (checkpoint_url).
+for each method m, unrolled at compile time into tasks named `<stage>-<method>` (one copy per seed
+iteration) so the cluster UI shows each one. The study's parameters (params.yaml + --set) are
+compiled in; the pipeline's run-time parameters only place the work (GPU node selector and
+tolerations) or make it resumable (checkpoint_url) and stage it (staging_url).
 
 What a task is handed decides when it is served from cache. A KFP 2.17 backend ignores the
 compiled `cache_key`: its driver fingerprints a task by its inputs (parameter values, and input
