@@ -115,7 +115,7 @@ def test_two_process_run_is_killed_and_resumes(prepared, tmp_path):
 
 
 def test_excon_pretrain_cli_under_torchrun(prepared, tmp_path):
-    """`excon pretrain` runs unchanged under torchrun (as in a PyTorchJob): one run directory,
+    """`excon pretrain` runs unchanged under torchrun (as in a TrainJob's pods): one run directory,
     written by rank 0, with the global batch split over the ranks; --fresh is safe."""
     run = tmp_path / "run"
     sets = [
