@@ -111,13 +111,13 @@ def test_prepare_unreadable_image(tmp_path, capsys, make):
 
 
 def test_explain_text_file_named_png(tmp_path, capsys, monkeypatch):
-    from excon import registry
+    from excon.serve import model
 
     # The images are read before the model: a bad file must fail before any download.
     def no_model(uri, tracking_uri=None):
         raise AssertionError("the model was loaded before the images were checked")
 
-    monkeypatch.setattr(registry, "load_registered", no_model)
+    monkeypatch.setattr(model, "load_registered", no_model)
     (tmp_path / "cat.png").write_text("not an image")
     line = fail_line(capsys, "explain", "--model", "models:/m@champion", "cat.png", "--out", "ex")
     assert line == (
