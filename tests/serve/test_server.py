@@ -14,6 +14,7 @@ import zlib
 
 import numpy as np
 import pytest
+from fastapi import FastAPI, Request
 from PIL import Image
 
 from tests.serve.conftest import CLASSES, MAX_BATCH, b64, png_bytes
@@ -207,3 +208,36 @@ def test_root_is_the_page_for_browsers_and_liveness_for_others(server):
     page = raw.decode()
     assert f">{server.name}<" in page and "{{MODEL}}" not in page
     assert "http://" not in page and "https://" not in page  # no CDN: works offline
+
+
+async def echo(request: Request) -> dict:
+    return {"read": len(await request.body())}
+
+
+@pytest.mark.filterwarnings("ignore:Using `httpx` with `starlette.testclient`")
+def test_a_body_over_the_limit_is_refused_before_it_is_read():
+    """The server's middleware on a bare app (64 MiB bodies are slow to send in a test)."""
+    from fastapi.testclient import TestClient
+
+    from excon.serve.server import BodyLimit
+
+    app = FastAPI()
+    app.add_api_route("/echo", echo, methods=["POST"])
+    app.add_middleware(BodyLimit, max_bytes=10)
+    client = TestClient(app)
+    assert client.post("/echo", content=b"x" * 10).json() == {"read": 10}
+    refused = client.post("/echo", content=b"x" * 11)
+    assert refused.status_code == 413
+    assert refused.json() == {"error": "request body of 11 bytes: the limit is 10 bytes"}
+
+
+def test_a_model_that_is_not_registered_stops_the_server_in_one_line(registered, tmp_path):
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "-m", "excon.cli", "serve", "--model", "models:/nosuch@champion",
+           "--set", f"tracking.uri={registered.tracking_uri}"]  # fmt: skip
+    done = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    (line,) = [x for x in done.stderr.splitlines() if x.startswith("excon serve: error:")]
+    assert "models:/nosuch@champion: cannot load the model" in line
