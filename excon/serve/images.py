@@ -32,6 +32,24 @@ class Limits:
     max_side: int = 4096  # pixels; checked from the header, before decoding
     min_side: int = 8  # a 1 x 1 image carries nothing to classify or explain
     max_body_bytes: int = 64 * 2**20  # refused from Content-Length before the body is read
+    # pixels of all a request's images together: flat PNGs compress ~1000:1, so the body limit
+    # alone would let 32 images of 4096 x 4096 (1.6 GB decoded) through
+    max_request_pixels: int = 2 * 4096 * 4096
+
+
+class PixelBudget:
+    """What one request may still decode; taken image by image, before each is decoded."""
+
+    def __init__(self, limits: Limits) -> None:
+        self.left, self.total = limits.max_request_pixels, limits.max_request_pixels
+
+    def take(self, index: int, pixels: int) -> None:
+        if pixels > self.left:
+            raise BadInput(
+                f"image {index}: the request's images exceed {self.total} pixels in all "
+                "(send fewer or smaller images per request)"
+            )
+        self.left -= pixels
 
 
 def check_batch(n: int, limits: Limits) -> None:
@@ -65,7 +83,9 @@ def decode_base64(index: int, text: Any) -> bytes:
         raise BadInput(f"image {index}: not valid base64") from None
 
 
-def decode_image(index: int, data: bytes, channels: int, limits: Limits) -> np.ndarray:
+def decode_image(
+    index: int, data: bytes, channels: int, limits: Limits, budget: PixelBudget | None = None
+) -> np.ndarray:
     """PNG/JPEG bytes -> uint8 [H, W, channels] (RGB or L, as the training images were)."""
     from PIL import Image, UnidentifiedImageError
 
@@ -76,6 +96,8 @@ def decode_image(index: int, data: bytes, channels: int, limits: Limits) -> np.n
             if im.format not in FORMATS:
                 raise BadInput(f"image {index}: {im.format} is not accepted (PNG or JPEG)")
             check_size(index, im.height, im.width, limits)
+            if budget is not None:
+                budget.take(index, im.height * im.width)
             im.load()  # decodes: a truncated or damaged file fails here
             out = np.asarray(im.convert("L" if channels == 1 else "RGB"), dtype=np.uint8)
     except UnidentifiedImageError:

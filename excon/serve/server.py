@@ -35,6 +35,7 @@ from excon.serve import model as serving
 from excon.serve.images import (
     BadInput,
     Limits,
+    PixelBudget,
     check_array_shape,
     check_batch,
     decode_base64,
@@ -89,11 +90,16 @@ class ExConModel(Model):
         return self.ready
 
     async def preprocess(self, payload: Any, headers: dict | None = None) -> Batch:
+        # decoding runs on the default thread pool: a large PNG would stall the event loop
+        return await asyncio.get_running_loop().run_in_executor(None, self._parse, payload)
+
+    def _parse(self, payload: Any) -> Batch:
+        budget = PixelBudget(self.limits)
         try:
             if isinstance(payload, InferRequest):
-                return self._parse_v2(payload)
+                return self._parse_v2(payload, budget)
             if isinstance(payload, dict):
-                return self._parse_v1(payload)
+                return self._parse_v1(payload, budget)
             raise BadInput("expected a JSON object")
         except BadInput as e:
             raise InvalidInput(str(e)) from None
@@ -107,9 +113,11 @@ class ExConModel(Model):
         return InferResponse(batch.v2_id, self.name, [out])
 
     async def explain(self, batch: Batch, headers: dict | None = None) -> dict:
-        probs, maps = await self._run(
-            serving.explain_images, self.net, self.meta, batch.images, batch.targets
-        )
+        return await self._run(self._explain, batch)
+
+    def _explain(self, batch: Batch) -> dict:
+        """One batched Grad-CAM, then each image's answer (overlays encoded off the loop)."""
+        probs, maps = serving.explain_images(self.net, self.meta, batch.images, batch.targets)
         return {
             "explanations": [self._explanation(batch, i, probs, maps) for i in range(len(probs))]
         }
@@ -134,7 +142,7 @@ class ExConModel(Model):
             "overlay_png": base64.b64encode(buf.getvalue()).decode("ascii"),
         }
 
-    def _parse_v1(self, body: dict) -> Batch:
+    def _parse_v1(self, body: dict, budget: PixelBudget) -> Batch:
         instances = body.get("instances")
         if not isinstance(instances, list):
             raise BadInput('expected {"instances": [...]}: a list of images')
@@ -143,15 +151,15 @@ class ExConModel(Model):
         for i, inst in enumerate(instances):
             inst = inst if isinstance(inst, dict) else {"array": inst}
             if "b64" in inst:
-                images.append(self._decode(i, decode_base64(i, inst["b64"])))
+                images.append(self._decode(i, decode_base64(i, inst["b64"]), budget))
             elif "array" in inst:
-                images.append(self._array(i, inst["array"]))
+                images.append(self._array(i, inst["array"], budget))
             else:
                 raise BadInput(f'image {i}: expected {{"b64": ...}} or {{"array": ...}}')
             targets.append(self._target(i, inst.get("class")))
         return Batch(images, targets, self._top_k(body.get("top_k", DEFAULT_TOP_K)))
 
-    def _parse_v2(self, request: InferRequest) -> Batch:
+    def _parse_v2(self, request: InferRequest, budget: PixelBudget) -> Batch:
         if len(request.inputs) != 1:
             raise BadInput(f'expected one input named "{INPUT}", got {len(request.inputs)}')
         tensor = request.inputs[0]
@@ -162,21 +170,23 @@ class ExConModel(Model):
             data = list(tensor.data if tensor.data is not None else [])
             if len(shape) != 1 or len(data) != shape[0]:
                 raise BadInput(f"BYTES input: expected shape [N] with N items, got {shape}")
-            images = [self._decode(i, decode_base64(i, d)) for i, d in enumerate(data)]
+            images = [self._decode(i, decode_base64(i, d), budget) for i, d in enumerate(data)]
         elif tensor.datatype == "UINT8":
             check_array_shape(0, shape[1:], c, self.limits)  # one shape for the whole batch
+            budget.take(0, shape[0] * shape[1] * shape[2])
             images = list(to_uint8(0, tensor.data, [shape[0], *full_shape(shape[1:], c)]))
         else:
             raise BadInput(f"input datatype {tensor.datatype}: expected BYTES or UINT8")
         return Batch(images, [None] * len(images), v2_id=request.id or "")
 
-    def _decode(self, i: int, data: bytes) -> np.ndarray:
-        return decode_image(i, data, self.meta["in_channels"], self.limits)
+    def _decode(self, i: int, data: bytes, budget: PixelBudget) -> np.ndarray:
+        return decode_image(i, data, self.meta["in_channels"], self.limits, budget)
 
-    def _array(self, i: int, value: Any) -> np.ndarray:
+    def _array(self, i: int, value: Any, budget: PixelBudget) -> np.ndarray:
         shape = nested_shape(value)
         c = self.meta["in_channels"]
         check_array_shape(i, shape, c, self.limits)
+        budget.take(i, shape[0] * shape[1])
         return to_uint8(i, value, full_shape(shape, c))
 
     def _target(self, i: int, value: Any) -> int | None:

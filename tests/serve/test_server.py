@@ -130,6 +130,10 @@ def png_header_only(width: int, height: int) -> bytes:
     return b"\x89PNG\r\n\x1a\n" + ihdr + struct.pack(">I", 4096) + b"IDAT\x78\x9c"
 
 
+def flat_png(side: int) -> str:
+    return b64(png_bytes(np.zeros((side, side), dtype=np.uint8)))
+
+
 def huge_png() -> str:
     return b64(png_bytes(np.zeros((8000, 8000), dtype=np.uint8)))  # ~80 kB: zeros compress
 
@@ -161,6 +165,9 @@ BAD = {
     "8000x8000, header only": (
         "explain", v1({"b64": b64(png_header_only(8000, 8000))}), "8000 x 8000 px is too large"
     ),  # refused from its header: decoding it would say "truncated"
+    "pixels over the request's budget": (
+        "explain", v1(*[{"b64": flat_png(4096)}] * 3), "image 2: the request's images exceed"
+    ),  # two 4096 x 4096 images fill it: the third is refused before it is decoded
     "batch over the limit": ("explain", v1(*[GOOD] * (MAX_BATCH + 1)), "the limit is 4"),
     "v2 batch over the limit": ("infer", v2_uint8([MAX_BATCH + 1, 8, 8, 3]), "the limit is 4"),
     "malformed JSON (v1)": ("explain", b'{"instances": [', "Unrecognized request format"),
