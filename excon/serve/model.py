@@ -205,13 +205,17 @@ def load_registered(
 
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     mlflow = tracking._mlflow()  # its HTTP retry/timeout defaults
-    if tracking_uri:
+    previous = mlflow.get_tracking_uri()
+    if tracking_uri:  # for this call only: the caller's store stays its own
         mlflow.set_tracking_uri(tracking_uri)
     try:
         python_model = mlflow.pyfunc.load_model(uri).unwrap_python_model()
     except (MlflowException, OSError) as e:
         reason = (str(getattr(e, "message", e)).splitlines() or [type(e).__name__])[0]
         raise RegistryError(f"{uri}: cannot load the model ({reason})") from e
+    finally:
+        if tracking_uri:
+            mlflow.set_tracking_uri(previous)
     if not hasattr(python_model, "meta"):
         raise RegistryError(f"{uri}: not an excon model ({type(python_model).__name__})")
     return python_model.model.to(device).eval(), python_model.meta

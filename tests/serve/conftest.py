@@ -33,7 +33,7 @@ class Registered:
 
 
 @pytest.fixture(scope="session")
-def registered(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registered]:
+def registered(tmp_path_factory: pytest.TempPathFactory) -> Registered:
     """An untrained 32 px, 6-class network registered as champion (the gate's first version)."""
     import mlflow
 
@@ -56,10 +56,12 @@ def registered(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registered]
             "tracking.model_name=excon-serve",
         ],
     )
-    out = registry.register(cfg, run)
+    try:
+        out = registry.register(cfg, run)
+    finally:
+        mlflow.set_tracking_uri(old)  # other tests in this process keep their store
     assert out["decision"] == "promoted", out
-    yield Registered(uri, out["name"], f"models:/{out['name']}@champion", run)
-    mlflow.set_tracking_uri(old)
+    return Registered(uri, out["name"], f"models:/{out['name']}@champion", run)
 
 
 def free_port() -> int:

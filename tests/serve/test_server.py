@@ -42,8 +42,12 @@ def probabilities(answer: dict) -> np.ndarray:
 def pyfunc(registered):
     import mlflow
 
+    old = mlflow.get_tracking_uri()
     mlflow.set_tracking_uri(registered.tracking_uri)
-    return mlflow.pyfunc.load_model(registered.uri)
+    try:
+        return mlflow.pyfunc.load_model(registered.uri)
+    finally:
+        mlflow.set_tracking_uri(old)
 
 
 def test_infer_gives_the_pyfuncs_probabilities_for_png_jpeg_and_arrays(server, pyfunc):
