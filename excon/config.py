@@ -50,8 +50,9 @@ class DataConfig:
     raw_dir: str | None = None  # original files the user already has (no download)
     download: bool = False
     image_size: int = 32  # imagefolder only; the others keep their native size
-    # 0 is legal under study.protocol=reference only: the whole training split trains, as the
-    # authors' --validation=0, and there is no split to select on but the test set.
+    # 0 for study.protocol=reference: the whole training split trains, as the authors'
+    # --validation=0 (pretrain checks the prepared data against the protocol: a pipeline task
+    # sees only its slice of the parameters, so the two keys are never checked together here).
     val_fraction: float = 0.1
     test_fraction: float = 0.1  # only for sources without an official test split
     limit_per_class: int | None = None  # subsample every split (quick runs)
@@ -365,24 +366,7 @@ def from_dict(raw: dict[str, Any]) -> Config:
         if not isinstance(values, dict):
             raise ConfigError(f"{name}: expected a mapping, got {values!r}")
         built[name] = _build(hints[name], name, values)
-    cfg = Config(**built)  # untouched sections keep their defaults (a test validates those)
-    _check_protocol(cfg)
-    return cfg
-
-
-def _check_protocol(cfg: Config) -> None:
-    """The protocol and the validation split must agree: one selects on val, the other has none."""
-    val = cfg.data.val_fraction
-    if cfg.study.protocol == "heldout" and val == 0:
-        raise ConfigError(
-            "data.val_fraction: got 0, but study.protocol=heldout selects on a validation "
-            "split; set a fraction in (0, 1), or study.protocol=reference (the authors' protocol)"
-        )
-    if cfg.study.protocol == "reference" and val != 0:
-        raise ConfigError(
-            f"data.val_fraction: got {val!r}, but study.protocol=reference trains on the whole "
-            "training split (the authors' --validation=0); set data.val_fraction=0"
-        )
+    return Config(**built)  # untouched sections keep their defaults (a test validates those)
 
 
 def parse_override(text: str) -> tuple[str, str, Any]:

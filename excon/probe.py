@@ -19,7 +19,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from excon import artifacts
-from excon.config import Config
+from excon.config import Config, ConfigError
 from excon.data.prepared import load_prepared
 from excon.data.views import ViewDataset, make_loader
 from excon.guard import DivergenceError, UnusableModel, refuse_nonfinite
@@ -138,6 +138,11 @@ def probe(
 
     # the split that selects (lr, epoch): val; the test set under the reference protocol
     sel = "test" if meta.get("protocol") == "reference" else "val"
+    if sel not in x:  # pretrain refuses this pairing; a model trained on other data may not
+        raise ConfigError(
+            f"{data_dir}: no val split to select the probe on; {run_dir} was "
+            "trained under study.protocol=heldout, which needs one"
+        )
     best: tuple[float, float, int, nn.Linear, float] | None = None
     for lr in cfg.probe.lrs:
         last: dict[str, float] = {}

@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from excon import artifacts, distributed
 from excon.config import Config, ConfigError
-from excon.data.prepared import load_prepared
+from excon.data.prepared import PreparedDataset, load_prepared
 from excon.data.views import ViewDataset, make_loader
 from excon.guard import DivergenceError, StepGuard, cause_hint, nonfinite_tensors
 from excon.methods import COUNT_STATS, Method, StepContext, get_method
@@ -78,6 +78,23 @@ def epoch_split(cfg: Config) -> str:
     """The split scored after every epoch: val under the heldout protocol; the test set under
     the reference protocol, which has no val split (the authors' --validation=0 loop)."""
     return "test" if cfg.study.protocol == "reference" else "val"
+
+
+def check_protocol(cfg: Config, data: PreparedDataset) -> None:
+    """The prepared data must suit the protocol: heldout selects on a val split; reference
+    trains on the whole training split, so it has none. Checked on the data, not the config:
+    prepare and pretrain may run with different slices of the parameters (pipeline tasks)."""
+    n_val = data.manifest["splits"]["val"]
+    if cfg.study.protocol == "reference" and n_val:
+        raise ConfigError(
+            f"study.protocol=reference trains on the whole training split, but {data.path} "
+            f"holds a val split of {n_val} images; prepare it with data.val_fraction=0"
+        )
+    if cfg.study.protocol == "heldout" and not n_val:
+        raise ConfigError(
+            f"study.protocol=heldout selects on a val split, and {data.path} has none "
+            "(data.val_fraction 0); set study.protocol=reference or prepare with a val_fraction"
+        )
 
 
 def best_epoch(history: list[dict[str, Any]], split: str) -> dict[str, Any]:
@@ -473,6 +490,7 @@ def _pretrain(
     dist: distributed.Context,
 ) -> dict:
     data = load_prepared(Path(data_dir))
+    check_protocol(cfg, data)
     # the split scored after every epoch: val, or the test set under the reference protocol
     train_split, scored_split = data.split("train"), data.split(epoch_split(cfg))
     rank_batch = distributed.per_rank_batch(cfg.train.batch_size, dist)

@@ -225,7 +225,9 @@ def test_classifier_augment_off_gives_the_classifier_standard_views(
     assert summary["epochs"] == 1
 
 
-def test_reference_protocol_trains_on_all_of_train_and_labels_test_selection(tiny_config, tmp_path):
+def test_reference_protocol_trains_on_all_of_train_and_labels_test_selection(
+    prepared, tiny_config, tmp_path
+):
     """study.protocol=reference (the authors' --validation=0): no val split, the test set scored
     after every epoch, the best epoch recorded as selected on test beside the last one; the
     probe selects on test and says so."""
@@ -246,6 +248,10 @@ def test_reference_protocol_trains_on_all_of_train_and_labels_test_selection(tin
     cfg = tiny_config(
         "method.name=ce", "train.epochs=3", "study.protocol=reference", "data.val_fraction=0"
     )
+    with pytest.raises(ConfigError, match=r"study\.protocol=heldout selects on a val split"):
+        pretrain(tiny_config("method.name=ce"), data, tmp_path / "no")  # no val to select on
+    with pytest.raises(ConfigError, match=r"holds a val split of 24 images; prepare it with"):
+        pretrain(cfg, prepared, tmp_path / "no")  # reference: nothing held out of train
     summary = pretrain(cfg, data, tmp_path / "run")
     history = [json.loads(line) for line in (tmp_path / "run" / train.METRICS_LOG).open()]
     assert all("test/top1" in r and "val/top1" not in r for r in history)
