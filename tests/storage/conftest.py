@@ -232,36 +232,34 @@ def start_weed():
     return weed_mini
 
 
-@pytest.fixture
-def mlflow_server(s3_env, bucket, tmp_path):
-    """A real MLflow server on loopback (SQLite backend, artifacts proxied to the SeaweedFS
-    bucket): yields (url, bucket, s3_env)."""
-    port = __import__("socket").socket()
-    port.bind(("127.0.0.1", 0))
-    number = port.getsockname()[1]
-    port.close()
-    env = {**os.environ, "MLFLOW_S3_ENDPOINT_URL": s3_env.endpoint}
-    cmd = [
-        sys.executable,
-        "-m",
-        "mlflow",
-        "server",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(number),
-        "--backend-store-uri",
-        f"sqlite:///{tmp_path}/server.db",
-        "--artifacts-destination",
-        f"s3://{bucket}/mlflow",
-        "--workers",
-        "1",
-    ]
-    with open(tmp_path / "server.log", "wb") as log:  # the child keeps its own descriptor
+@pytest.fixture(scope="session")
+def _mlflow_session(s3_server, tmp_path_factory) -> Iterator[tuple[str, str]]:
+    """One real MLflow server on loopback per test session (SQLite backend, artifacts proxied to
+    a bucket of the SeaweedFS server): (url, bucket). Started once, shared by every test that
+    needs one; each test keeps to its own experiment or model names."""
+    root = tmp_path_factory.mktemp("mlflow-server")
+    bucket = f"excon-mlflow-{uuid.uuid4().hex[:12]}"
+    s3_server.client().create_bucket(Bucket=bucket)
+    port = free_ports(1)[0]
+    keep = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "MLFLOW_"))}
+    env = {
+        **keep,
+        "AWS_ACCESS_KEY_ID": s3_server.access_key,
+        "AWS_SECRET_ACCESS_KEY": s3_server.secret_key,
+        "AWS_DEFAULT_REGION": s3_server.region,
+        "AWS_CONFIG_FILE": str(root / "no-aws-config"),
+        "AWS_SHARED_CREDENTIALS_FILE": str(root / "no-aws-credentials"),
+        "AWS_EC2_METADATA_DISABLED": "true",
+        "MLFLOW_S3_ENDPOINT_URL": s3_server.endpoint,
+    }
+    cmd = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
+           "--backend-store-uri", f"sqlite:///{root}/server.db",
+           "--artifacts-destination", f"s3://{bucket}/mlflow", "--workers", "1"]  # fmt: skip
+    with open(root / "server.log", "wb") as log:  # the child keeps its own descriptor
         proc = subprocess.Popen(
             cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
         )
-    url = f"http://127.0.0.1:{number}"
+    url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 90
     while True:
         try:
@@ -272,10 +270,15 @@ def mlflow_server(s3_env, bucket, tmp_path):
             pass
         if proc.poll() is not None or time.monotonic() > deadline:
             proc.kill()
-            pytest.fail(
-                f"mlflow server did not start:\n{(tmp_path / 'server.log').read_text()[-3000:]}"
-            )
+            pytest.fail(f"mlflow server did not start:\n{log_tail(root / 'server.log')}")
         time.sleep(0.5)
-    yield url, bucket, s3_env
+    yield url, bucket
     os.killpg(proc.pid, 15)
     proc.wait(timeout=20)
+
+
+@pytest.fixture
+def mlflow_server(_mlflow_session, s3_env) -> tuple[str, str, S3Server]:
+    """The session's MLflow server: (url, its artifact bucket, s3_env)."""
+    url, bucket = _mlflow_session
+    return url, bucket, s3_env
