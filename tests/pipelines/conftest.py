@@ -18,6 +18,22 @@ def compile_docs(tmp_path: Path, *args: str) -> tuple[dict, dict]:
     return spec, platform
 
 
+@pytest.fixture(scope="session")
+def code_versions() -> dict[str, str]:
+    """Each stage's code_version, read once: the compiles of one test compare equal even while
+    a teammate edits excon/ in the same working tree between them."""
+    from pipelines import dag, stage_code
+
+    return {stage: stage_code.code_version(stage) for stage in dag.STAGE_PARAMS}
+
+
+@pytest.fixture(autouse=True)
+def _stable_code_versions(code_versions, monkeypatch) -> None:
+    from pipelines import excon_pipeline
+
+    monkeypatch.setattr(excon_pipeline, "code_version", code_versions.__getitem__)
+
+
 @pytest.fixture(name="compile_docs")
 def compile_docs_fixture(tmp_path):
     """compile_docs(*cli_args) -> (PipelineSpec, PlatformSpec)."""

@@ -309,9 +309,9 @@ def constants(spec: dict, task: str) -> dict:
     return {k: v["runtimeValue"]["constant"] for k, v in params.items() if "runtimeValue" in v}
 
 
-def test_each_task_gets_its_slice_code_version_method_and_seed(compile_docs):
+def test_each_task_gets_its_slice_code_version_method_and_seed(compile_docs, code_versions):
     from excon.config import load_config
-    from pipelines import dag, stage_code
+    from pipelines import dag
     from pipelines.cli import CLUSTER
 
     spec, _ = compile_docs()  # compiled here: the code versions are of the code as it is now
@@ -338,7 +338,8 @@ def test_each_task_gets_its_slice_code_version_method_and_seed(compile_docs):
             expected["method"] = {k: v for k, v in expected["method"].items() if k != "name"}
         assert flat == {k: v for k, v in expected.items() if k in flat}, name
         assert set(flat) == set(expected), name
-        assert given["code_version"] == stage_code.code_version(stage), name
+        # stage_code.code_version of the stage, read once per session (conftest.py)
+        assert given["code_version"] == code_versions[stage], name
         if method is None:
             assert "seed" not in given and "method" not in given, name
         elif stage == "register":  # one task registers every seed of its method
