@@ -190,7 +190,7 @@ def cmd_run_local(args: argparse.Namespace) -> int:
         raise_on_error=True,
     )
     # One seed at a time: the runs share this machine's cores.
-    local_resources = Resources(secrets=False, seed_parallelism=1)
+    local_resources = Resources(secrets=False, seed_parallelism=1, deploy=False)
     pipeline = build_pipeline(cfg, args.methods, DEFAULT_IMAGE, local_resources)
     # The tasks (subprocesses) inherit this: on a cluster it comes from the pod's labels.
     os.environ["EXCON_PIPELINE_RUN"] = f"local-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"

@@ -43,6 +43,10 @@ HEADER = """\
 # place across reruns, so a killed run resumes; declared uncached, its absence in a teammate's
 # clone made `dvc status` call every pretrain stage changed (tested). .dvcignore keeps it (and
 # locks and temp files) out of the directory hashes the report depends on.
+#
+# No deploy stage: deploying changes a Kubernetes cluster, which a local study has none of.
+# The Kubeflow pipeline rolls each promoted version out to its InferenceService; here,
+# `excon serve --model models:/excon-<dataset>@champion` serves the champion on this machine.
 """
 
 

@@ -39,6 +39,7 @@ import yaml
 from kfp import compiler, dsl, kubernetes
 
 from components import DEFAULT_IMAGE
+from components.deploy.component import deploy
 from components.evaluate.component import evaluate
 from components.finish_run.component import finish_run
 from components.prepare.component import prepare
@@ -115,6 +116,9 @@ class Resources:
     secrets: bool = True  # off for kfp.local, which has no cluster to read them from
     # Seeds trained at once (ParallelFor parallelism; 0: all). kfp.local on a laptop: 1.
     seed_parallelism: int = 0
+    # Roll each promoted version out to the InferenceService (infra/k8s/serving). Off for
+    # kfp.local, which has no cluster to deploy to (`excon serve` is the laptop's server).
+    deploy: bool = True
 
 
 def named(component: Callable, name: str) -> Callable:
@@ -353,6 +357,8 @@ def build_pipeline(
         gpu_tolerations: list = DEFAULT_TOLERATIONS,
         checkpoint_url: str = "",
         staging_url: str = "",
+        serving_gpus: int = 0,
+        canary_traffic_percent: int = 0,
     ) -> None:
         where = Placement(gpu_node_selector, gpu_tolerations, checkpoint_url, staging_url)
         # Runs whatever becomes of the study; it may depend on no task (KFP's rule for exit
@@ -379,12 +385,14 @@ def build_pipeline(
             )
             b.common(rep, "report", report_key, resources.cpu_timeout_s)
             if cfg.tracking.enabled:  # registering needs MLflow: else the study ends here
-                _register(b, methods, data, runs, rep)
+                last = _register(b, methods, data, runs, rep)
+                if resources.deploy:
+                    _deploy(b, last, serving_gpus, canary_traffic_percent)
 
     return excon_study
 
 
-def _register(b: _Tasks, methods: Sequence[str], data: Any, runs: dict[str, Run], rep: Any) -> None:
+def _register(b: _Tasks, methods: Sequence[str], data: Any, runs: dict[str, Run], rep: Any) -> Any:
     """One register task per method over all its seeds, one after another as dvc.yaml's single
     register stage orders them (methods, then seeds): each gate reads the champion the one
     before may have just moved, so parallel registrations would race. Never cached: each
@@ -393,6 +401,8 @@ def _register(b: _Tasks, methods: Sequence[str], data: Any, runs: dict[str, Run]
     for m in methods:
         name = f"register-{m}"
         run = runs[m]
+        # Chained: each passes on the last promotion so far (and so runs after the one before).
+        chain = {} if previous is None else {"promoted_before": previous.outputs["Output"]}
         reg = named(register, name)(
             **b.inputs("register", m),
             dataset=data.outputs["dataset"],
@@ -400,11 +410,25 @@ def _register(b: _Tasks, methods: Sequence[str], data: Any, runs: dict[str, Run]
             probe_head=dsl.Collected(run.probe.outputs["probe_head"]),
             report=rep.outputs["table"],
             **{p: dsl.Collected(ev.outputs["evaluation"]) for p, ev in run.evaluations.items()},
+            **chain,
         )
         b.common(reg, name, None, b.resources.cpu_timeout_s)
-        if previous is not None:
-            reg.after(previous)
         previous = reg
+    return previous
+
+
+def _deploy(b: _Tasks, last: Any, gpus: Any, canary_percent: Any) -> None:
+    """Roll the run's last promotion out to the InferenceService, only when there was one
+    (dsl.If needs a parameter: the register chain's answer). Never cached: it changes the
+    cluster. Its pod needs the deployer Role of infra/k8s/serving/base/rbac.yaml."""
+    with dsl.If(last.outputs["Output"] != "", name="promoted"):
+        task = deploy(
+            model_uri=last.outputs["Output"],
+            image=b.image,
+            gpus=gpus,
+            canary_traffic_percent=canary_percent,
+        )
+        b.common(task, "deploy", None, b.resources.cpu_timeout_s)
 
 
 def _code(versions: dict[str, str], stage: str) -> str:

@@ -1,14 +1,14 @@
 """deploy: serve the promoted model version behind the KServe InferenceService."""
 
 from kfp import dsl
-from kfp.dsl import Input, Markdown, Output
+from kfp.dsl import Markdown, Output
 
 from components import DEFAULT_IMAGE
 
 
 @dsl.component(base_image=DEFAULT_IMAGE, install_kfp_package=False)
 def deploy(
-    decision: Input[Markdown],
+    model_uri: str,
     deployed: Output[Markdown],
     image: str = DEFAULT_IMAGE,
     namespace: str = "excon",
@@ -16,14 +16,13 @@ def deploy(
     gpus: int = 0,
     canary_traffic_percent: int = 0,
 ) -> None:
-    """Create or patch the InferenceService so that it serves the version `register` promoted
-    (models:/<name>/<version>, pinned: every promotion is a new KServe revision). Meant to run
-    under dsl.If on the gate's decision; a decision other than `promoted` deploys nothing.
+    """Create or patch the InferenceService so that it serves `model_uri`, the version this
+    run's registers promoted last (pinned, models:/<name>/<version>: every promotion is a new
+    KServe revision). The pipeline runs it under dsl.If on that answer being non-empty.
 
     Args:
-        decision: the register task's output: its metadata holds `versions`, a list of
-            {name, version, decision} in registration order (or one such dict at top level);
-            the last promoted one is the champion.
+        model_uri: the last register task's answer: `models:/<name>/<version>`, or "" (nothing
+            promoted: nothing is deployed; only reached when the task is run by hand).
         deployed: what was done (create / patch / unchanged / nothing) and the body's model URI.
         image: the project image the predictor runs (`excon serve`).
         namespace: the InferenceService's namespace (its Secrets excon-mlflow and excon-s3
@@ -33,31 +32,30 @@ def deploy(
         canary_traffic_percent: 1..99 sends that share of traffic to the new version and the
             rest to the previous one; 0 (or 100) rolls it out to all traffic.
     """
+    import re
     from pathlib import Path
 
     from excon.serve.deploy import apply, inference_service
 
-    versions = decision.metadata.get("versions") or [decision.metadata]
-    promoted = [v for v in versions if v.get("decision") == "promoted"]
-    if not promoted:
-        said = ", ".join(str(v.get("decision")) for v in versions)
-        Path(deployed.path).write_text(f"nothing deployed: no version promoted ({said})\n")
+    if not model_uri:
+        Path(deployed.path).write_text("nothing deployed: no version promoted\n")
         deployed.metadata.update({"action": "none"})
         return
-    meta = promoted[-1]  # registered one after another: the last promoted is the champion
-    uri = f"models:/{meta['name']}/{int(meta['version'])}"
+    pinned = re.fullmatch(r"models:/[^/@]+/(\d+)", model_uri)
+    if pinned is None:  # an alias would let a later promotion change a running revision
+        raise ValueError(f"deploy: expected models:/<name>/<version>, got {model_uri!r}")
     canary = canary_traffic_percent if 0 < canary_traffic_percent < 100 else None
     body = inference_service(
-        uri,
+        model_uri,
         name=service_name,
         namespace=namespace,
         image=image,
         gpus=gpus,
         canary_traffic_percent=canary,
-        model_version=str(meta["version"]),
+        model_version=pinned.group(1),
     )
     action = apply(body)
     share = f", canary {canary} %" if canary else ""
-    text = f"InferenceService {namespace}/{service_name}: {action}, serving {uri}{share}\n"
+    text = f"InferenceService {namespace}/{service_name}: {action}, serving {model_uri}{share}\n"
     Path(deployed.path).write_text(text)
-    deployed.metadata.update({"action": action, "model_uri": uri})
+    deployed.metadata.update({"action": action, "model_uri": model_uri})

@@ -19,7 +19,8 @@ def register(
     explanations: Input[list[Artifact]],
     report: Input[Markdown],
     decision: Output[Markdown],
-) -> None:
+    promoted_before: str = "",
+) -> str:
     """Register every seed's run of one method, seeds ascending (dvc.yaml's order), each gated
     against the registry's current champion. Never cached (it changes the registry). The lists
     come from dsl.Collected over the pipeline's seed loop and are paired by the seed in their
@@ -39,6 +40,13 @@ def register(
         explanations: their explanation evaluations.
         report: the comparison; it only orders registration after it (as in dvc.yaml).
         decision: per seed, the version and the gate's decision with its reasons.
+        promoted_before: the previous register task's answer (this run's registers are chained).
+
+    Returns:
+        `models:/<name>/<version>` of the last version this run promoted, here or in a register
+        task before it (`promoted_before`); "" when none was. The deploy task runs under
+        dsl.If on it: a KFP condition needs a parameter, and the champion this run leaves
+        behind is the last promotion of the chain, whichever method made it.
     """
     import json
     import os
@@ -70,3 +78,7 @@ def register(
         results.append({"seed": seed, **{k: result[k] for k in ("name", "version", "decision")}})
     Path(decision.path).write_text("\n".join(lines))
     decision.metadata.update({"method": method, "versions": results})
+    promoted = [r for r in results if r["decision"] == "promoted"]
+    if promoted:
+        return f"models:/{promoted[-1]['name']}/{int(promoted[-1]['version'])}"
+    return promoted_before

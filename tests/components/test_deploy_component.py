@@ -1,5 +1,5 @@
-"""deploy: the register task's decision -> the InferenceService applied (or nothing). Without a
-cluster: a gate that promoted nothing deploys nothing, and a promotion reaches the real
+"""deploy: the register chain's answer -> the InferenceService applied (or nothing). Without a
+cluster: no promotion deploys nothing, an alias is refused, and a promotion reaches the real
 `kubernetes` client, configured by a kubeconfig pointing where nothing listens."""
 
 from pathlib import Path
@@ -12,14 +12,6 @@ from excon.serve.deploy import DeployError
 from tests.serve.conftest import free_port
 
 
-def decision(tmp_path: Path, *versions: dict) -> Markdown:
-    path = tmp_path / "decision.md"
-    path.write_text("# the gate\n")
-    return Markdown(
-        name="decision", uri=str(path), metadata={"method": "excon", "versions": list(versions)}
-    )
-
-
 def deployed(tmp_path: Path) -> Markdown:
     return Markdown(name="deployed", uri=str(tmp_path / "deployed.md"), metadata={})
 
@@ -27,10 +19,16 @@ def deployed(tmp_path: Path) -> Markdown:
 def test_nothing_is_deployed_when_the_gate_promoted_nothing(tmp_path, monkeypatch):
     monkeypatch.setenv("KUBECONFIG", str(tmp_path / "none"))  # any cluster call would fail
     out = deployed(tmp_path)
-    rejected = {"seed": 0, "name": "excon-blobs", "version": 2, "decision": "rejected"}
-    deploy.python_func(decision=decision(tmp_path, rejected), deployed=out)
+    deploy.python_func(model_uri="", deployed=out)
     assert out.metadata == {"action": "none"}
-    assert Path(out.path).read_text() == "nothing deployed: no version promoted (rejected)\n"
+    assert Path(out.path).read_text() == "nothing deployed: no version promoted\n"
+
+
+def test_an_alias_is_refused(tmp_path, monkeypatch):
+    # A revision must pin its version: an alias would move under a running revision.
+    monkeypatch.setenv("KUBECONFIG", str(tmp_path / "none"))
+    with pytest.raises(ValueError, match="expected models:/<name>/<version>"):
+        deploy.python_func(model_uri="models:/excon-blobs@champion", deployed=deployed(tmp_path))
 
 
 def test_the_last_promoted_version_goes_to_the_cluster(tmp_path, monkeypatch):
@@ -46,10 +44,5 @@ current-context: x
     )
     monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
     monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)  # not in a pod
-    versions = [
-        {"seed": 0, "name": "excon-blobs", "version": 3, "decision": "promoted"},
-        {"seed": 1, "name": "excon-blobs", "version": 4, "decision": "promoted"},
-        {"seed": 2, "name": "excon-blobs", "version": 5, "decision": "rejected"},
-    ]
     with pytest.raises(DeployError, match="InferenceService excon/excon: cluster unreachable"):
-        deploy.python_func(decision=decision(tmp_path, *versions), deployed=deployed(tmp_path))
+        deploy.python_func(model_uri="models:/excon-blobs/4", deployed=deployed(tmp_path))

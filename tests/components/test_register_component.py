@@ -32,7 +32,8 @@ def test_first_version_is_promoted_then_gated(
 ):
     use_settings(make_config(*tracking_on))
     first = output(Markdown, "decision1")
-    register.python_func(decision=first, **inputs)
+    # the register chain's answer: what deploy rolls out (dsl.If on it being non-empty)
+    assert register.python_func(decision=first, **inputs) == "models:/excon-blobs/1"
     assert first.metadata == {
         "method": "excon",
         "versions": [{"seed": 0, "name": "excon-blobs", "version": 1, "decision": "promoted"}],
@@ -65,7 +66,10 @@ def test_first_version_is_promoted_then_gated(
 
     # the same model again (a retried task): version 1 is returned, nothing new is registered
     second = output(Markdown, "decision2")
-    register.python_func(decision=second, **inputs)
+    # nothing promoted here: the answer is the earlier registers' (none: nothing to deploy)
+    assert register.python_func(decision=second, **inputs) == ""
+    earlier = "models:/excon-blobs/7"
+    assert register.python_func(decision=second, promoted_before=earlier, **inputs) == earlier
     lines = Path(second.path).read_text().splitlines()
     assert lines[0] == "# seed 0: excon-blobs version 1: already registered as version 1"
     assert len(client.search_model_versions("name = 'excon-blobs'")) == 1

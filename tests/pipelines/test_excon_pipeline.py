@@ -12,7 +12,7 @@ import pytest
 
 from excon.config import load_config
 from pipelines.excon_pipeline import build_pipeline
-from tests.pipelines.conftest import flat_tasks
+from tests.pipelines.conftest import ROOT, flat_tasks
 
 METHODS = ("ce", "supcon", "excon")
 GPU_STAGES = (
@@ -44,6 +44,7 @@ def test_one_named_task_per_stage_and_method(compiled):
         f"{stage}-{m}-seed0" for m in METHODS for stage in GPU_STAGES
     }
     expected |= {f"register-{m}" for m in METHODS}  # each registers every seed of its method
+    expected |= {"deploy"}  # under dsl.If: runs only when a register promoted
     assert set(tasks(spec)) == expected
     assert tasks(spec)["pretrain-excon-seed0"]["taskInfo"]["name"] == "pretrain-excon"
 
@@ -118,8 +119,9 @@ def test_caching_with_keys_except_for_side_effects(compiled):
     spec, _ = compiled
     for name, task in tasks(spec).items():
         caching = task.get("cachingOptions", {})
-        if name.startswith(("register-", "start-tracking", "finish-run")):
-            assert not caching.get("enableCache"), name  # they change MLflow: never skipped
+        if name.startswith(("register-", "start-tracking", "finish-run", "deploy")):
+            # they change MLflow or the cluster: never skipped
+            assert not caching.get("enableCache"), name
         elif name in ("prepare", "report"):
             assert caching["enableCache"] is True, name
             assert caching["cacheKey"].startswith(name), name
@@ -270,6 +272,53 @@ def test_an_exit_handler_ends_the_run_whatever_happened(compiled):
 def test_tracking_off_ends_the_study_at_the_report(compile_docs):
     spec, _ = compile_docs("--set", "tracking.enabled=false")
     assert "report" in tasks(spec) and not any(n.startswith("register-") for n in tasks(spec))
+    assert "deploy" not in tasks(spec)
+
+
+def test_deploy_runs_only_when_the_register_chain_promoted(compiled):
+    """Each register passes on the last version promoted so far (`promoted_before`); deploy
+    takes the last register's answer and sits under a condition on it being non-empty."""
+    spec, platform = compiled
+    flat = tasks(spec)
+    for before, after in (
+        ("register-ce", "register-supcon"),
+        ("register-supcon", "register-excon"),
+    ):
+        given = flat[after]["inputs"]["parameters"]["promoted_before"]
+        assert given == {
+            "taskOutputParameter": {"producerTask": before, "outputParameterKey": "Output"}
+        }
+    assert "promoted_before" not in flat["register-ce"]["inputs"]["parameters"]
+    deploy = flat["deploy"]
+    assert "register-excon" in deploy["dependentTasks"]
+    assert deploy["inputs"]["parameters"]["model_uri"] == {
+        "taskOutputParameter": {"producerTask": "register-excon", "outputParameterKey": "Output"}
+    }
+    # the condition: the dsl.If sub-DAG holding deploy tests register-excon's answer
+    (holder,) = [
+        c for c in spec["components"].values() if "deploy" in c.get("dag", {}).get("tasks", {})
+    ]
+    conditions = [
+        t["triggerPolicy"]["condition"]
+        for c in spec["components"].values()
+        for t in c.get("dag", {}).get("tasks", {}).values()
+        if "triggerPolicy" in t and "condition" in t["triggerPolicy"]
+    ]
+    assert conditions == ["inputs.parameter_values['pipelinechannel--register-excon-Output'] != ''"]
+    assert k8s(platform, spec, "deploy")["securityContext"]["runAsNonRoot"] is True
+    assert holder["dag"]["tasks"]["deploy"]["inputs"]["parameters"]["image"]
+
+
+def test_no_deploy_without_a_cluster(tmp_path):
+    """kfp.local (run-local) has no cluster: its pipeline ends at the registers."""
+    import yaml
+
+    from pipelines.excon_pipeline import Resources, compile_pipeline
+
+    cfg = load_config(ROOT / "params.yaml")
+    out = compile_pipeline(cfg, tmp_path / "p.yaml", resources=Resources(deploy=False))
+    spec = next(yaml.safe_load_all(out.read_text()))
+    assert "register-excon" in tasks(spec) and "deploy" not in tasks(spec)
 
 
 def test_duplicate_methods_are_refused():
@@ -322,6 +371,9 @@ def test_each_task_gets_its_slice_code_version_method_and_seed(compile_docs, cod
             continue
         if name == "finish-run":  # the exit handler: the run's status and its job kinds
             assert set(constants(spec, name)) == {"job_kinds"}
+            continue
+        if name == "deploy":  # uncached: the promoted version (upstream) and serving options
+            assert set(constants(spec, name)) == {"image"}
             continue
         stage, _, run = name.partition("-seed")[0].rpartition("-")
         stage, method = (stage, run) if run in METHODS else (name, None)
