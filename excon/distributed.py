@@ -1,5 +1,5 @@
-"""Data-parallel pre-training on PyTorch DDP, launched by `torchrun` (or a Kubeflow PyTorchJob,
-which sets the same environment variables). One process per GPU; a single process when the
+"""Data-parallel pre-training on PyTorch DDP, launched by `torchrun` (or a Kubeflow Trainer v2
+TrainJob, which sets the same environment variables). One process per GPU; a single process when the
 launcher's variables are absent.
 
 Contrastive losses need every sample of the *global* batch as a negative, so the projected

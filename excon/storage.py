@@ -414,7 +414,7 @@ def download_dir(url: str, directory: str | Path, settings: S3Settings | None = 
 
 def main(argv: list[str] | None = None) -> int:
     """`python -m excon.storage {download,upload} SRC DST`: copy a folder from/to S3 (what a
-    PyTorchJob's pods use to fetch their inputs)."""
+    TrainJob's pods use to fetch their inputs)."""
     import argparse
 
     p = argparse.ArgumentParser(prog="python -m excon.storage", description=main.__doc__)
