@@ -37,4 +37,11 @@ timeout 120 "$PY" benchmarks/train_throughput.py --device cuda --batch 256 --ste
 echo "== step time, data on the GPU (ResNet-18, 32 px, batch 256)"
 timeout 90 "$PY" benchmarks/step_time.py --device cuda --batch 256 --rounds 10 \
   | tee "$RESULTS/step_time.txt" || { echo "FAILED (exit $?): step time"; failed=$((failed + 1)); }
+if [ -n "${SALIENCY_RUN:-}" ] && [ -n "${SALIENCY_DATA:-}" ]; then
+  # Optional: a trained excon run and its prepared data, e.g. from `make run` carried along.
+  echo "== ExCon accept decisions: fp32 saliency (the default) against bf16"
+  timeout 120 "$PY" benchmarks/saliency_precision.py --device cuda --run "$SALIENCY_RUN" \
+    --data "$SALIENCY_DATA" --out "$RESULTS/saliency_precision.json" \
+    || { echo "FAILED (exit $?): saliency precision"; failed=$((failed + 1)); }
+fi
 [ "$failed" -eq 0 ] || { echo "$failed step(s) failed"; exit 1; }
