@@ -17,7 +17,11 @@ def test_bash_parses_it():
 def test_every_benchmark_call_uses_real_flags():
     text = SCRIPT.read_text().replace("\\\n", " ")
     calls = re.findall(r"(benchmarks/\w+\.py)([^|\n]*)", text)
-    assert {c[0] for c in calls} == {"benchmarks/train_throughput.py", "benchmarks/step_time.py"}
+    assert {c[0] for c in calls} == {
+        "benchmarks/train_throughput.py",
+        "benchmarks/step_time.py",
+        "benchmarks/saliency_precision.py",
+    }
     for script, args in calls:
         help_text = subprocess.run(
             [sys.executable, str(ROOT / script), "--help"],
