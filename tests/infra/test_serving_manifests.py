@@ -24,6 +24,7 @@ import pytest
 import yaml
 
 from excon.serve.deploy import inference_service
+from tests.infra.crd_schema import strict
 
 ROOT = Path(__file__).resolve().parents[2]
 SERVING = ROOT / "infra" / "k8s" / "serving"
@@ -32,23 +33,6 @@ KUBECTL = Path(sys.executable).parent / "kubectl"
 VERSIONS = ("1.33.0", "1.37.0")
 CHAMPION = "models:/excon-animals@champion"
 KSERVE_ONLY = ("minReplicas", "maxReplicas", "canaryTrafficPercent")  # not PodSpec fields
-
-
-def strict(schema: dict) -> dict:
-    """The CRD's structural schema with unknown fields forbidden everywhere they are not
-    explicitly allowed."""
-    if isinstance(schema, dict):
-        schema = {k: strict(v) for k, v in schema.items()}
-        if (
-            schema.get("type") == "object"
-            and "properties" in schema
-            and "additionalProperties" not in schema
-            and not schema.get("x-kubernetes-preserve-unknown-fields")
-        ):
-            schema["additionalProperties"] = False
-    elif isinstance(schema, list):
-        schema = [strict(v) for v in schema]
-    return schema
 
 
 @cache

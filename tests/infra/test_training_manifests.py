@@ -24,27 +24,12 @@ from kubeflow_trainer_api import models as m
 
 from pipelines import lifecycle
 from pipelines.trainjob import NODE, RUNTIME, SCRIPT, prepare, render
+from tests.infra.crd_schema import strict
 
 ROOT = Path(__file__).resolve().parents[2]
 FIXTURES = Path(__file__).parent / "fixtures"
 KUBECTL = Path(sys.executable).parent / "kubectl"
 VERSIONS = ("1.33.0", "1.37.0")
-
-
-def strict(schema: object) -> object:
-    """Unknown fields forbidden wherever the CRD does not explicitly allow them."""
-    if isinstance(schema, dict):
-        schema = {k: strict(v) for k, v in schema.items()}
-        if (
-            schema.get("type") == "object"
-            and "properties" in schema
-            and "additionalProperties" not in schema
-            and not schema.get("x-kubernetes-preserve-unknown-fields")
-        ):
-            schema["additionalProperties"] = False
-    elif isinstance(schema, list):
-        schema = [strict(v) for v in schema]
-    return schema
 
 
 @cache
